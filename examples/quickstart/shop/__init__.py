@@ -1,0 +1,1 @@
+"""A small online shop's order analytics, orchestrated by Servo."""

@@ -1,0 +1,298 @@
+"""dispatch: move READY tasks to DISPATCHED with a new attempt, within the limits, and send
+one worker message per attempt.
+
+Limits: a run's ``max_concurrency``; named pools (``@asset(pool="warehouse")`` with
+``Definitions(pools={"warehouse": 2})``); and an optional global limit
+(``max_concurrent_tasks``). Pools are sets of slot documents, one per unit of capacity, claimed
+and released in the same transaction as the task's transition — so no single document is
+written for every task of a large run, and ready tasks beyond a limit simply stay READY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from servo.control.common import (
+    ACTIVE_TASK_STATES,
+    ASSET_PARTITIONS,
+    GLOBAL_POOL,
+    RUNS,
+    SLOTS,
+    TASKS,
+    TOPIC_EXECUTE,
+    Settings,
+    apply_run,
+    apply_task,
+    asset_partition_id,
+    attempt_token,
+    task_doc_id,
+)
+from servo.control.deploy import load_manifest
+from servo.control.uow import Cause, UnitOfWork, in_uow
+from servo.core.keys import PartitionKey
+from servo.core.mappings import default_mapping, mapping_from_spec
+from servo.core.partitions import (
+    PartitionContext,
+    TimeWindowPartitionsDefinition,
+    partitions_from_spec,
+)
+from servo.core.statemachine import RunEvent, RunState, TaskEvent, TaskSignal, TaskState
+from servo.ports import Doc, Ports, Where
+from servo.worker.envelope import CheckRef, InputRef, TaskEnvelope
+
+LIVE_RUN_STATES = (RunState.QUEUED.value, RunState.STARTING.value, RunState.RUNNING.value)
+
+
+def _pool_limits(ports: Ports, run: Doc, settings: Settings) -> dict[str, int]:
+    manifest = load_manifest(ports, run["code_version"])
+    limits = dict(manifest.pools)
+    for k, v in ports.settings.get("pools", {}).items():
+        limits[k] = int(v)
+    if settings.max_concurrent_tasks:
+        limits[GLOBAL_POOL] = settings.max_concurrent_tasks
+    return limits
+
+
+def _slot_ids(pool: str, limit: int) -> list[str]:
+    return [f"{pool}:{i}" for i in range(limit)]
+
+
+def _dispatch_in_run(
+    ports: Ports, run_id: str, settings: Settings, *, task_ids: Sequence[str] | None = None
+) -> list[Doc]:
+    """One transaction: dispatch as many READY tasks of the run as the limits allow."""
+    cause = Cause(actor="system", source="servo/dispatch", correlation_id=run_id)
+
+    def body(uow: UnitOfWork) -> list[Doc]:
+        run = uow.get(RUNS, run_id)
+        if run is None or run["state"] not in LIVE_RUN_STATES or not run.get("tasks_written"):
+            return []
+        capacity = settings.dispatch_batch
+        if run.get("max_concurrency"):
+            active = uow.query(
+                TASKS,
+                [Where("run_id", "==", run_id), Where("state", "in", list(ACTIVE_TASK_STATES))],
+            )
+            capacity = min(capacity, int(run["max_concurrency"]) - len(active))
+        if capacity <= 0:
+            return []
+        if task_ids is not None:
+            docs = uow.get_many(TASKS, [task_doc_id(run_id, t) for t in task_ids])
+            ready = sorted(
+                ((k, d) for k, d in docs.items() if d["state"] == TaskState.READY.value),
+                key=lambda kv: kv[1]["order"],
+            )[:capacity]
+        else:
+            ready = uow.query(
+                TASKS,
+                [Where("run_id", "==", run_id), Where("state", "==", TaskState.READY.value)],
+                order_by="order",
+                limit=capacity,
+            )
+        if not ready:
+            return []
+        limits = _pool_limits(ports, run, settings)
+        wanted_pools = sorted(
+            {d["pool"] for _, d in ready if d.get("pool") in limits}
+            | ({GLOBAL_POOL} if GLOBAL_POOL in limits else set())
+        )
+        slot_ids = [s for p in wanted_pools for s in _slot_ids(p, limits[p])]
+        slots = uow.get_many(SLOTS, slot_ids) if slot_ids else {}
+        free: dict[str, list[str]] = {
+            p: [s for s in _slot_ids(p, limits[p]) if not (slots.get(s) or {}).get("holder")]
+            for p in wanted_pools
+        }
+        # Writes start here.
+        dispatched: list[Doc] = []
+        for doc_id, task in ready:
+            needed = []
+            if task.get("pool") in limits:
+                needed.append(task["pool"])
+            if GLOBAL_POOL in limits:
+                needed.append(GLOBAL_POOL)
+            if any(not free[p] for p in needed):
+                continue  # stays READY until a slot frees up
+            claimed = [free[p].pop(0) for p in needed]
+            attempt = int(task["attempt"]) + 1
+            outcome = apply_task(
+                uow,
+                task,
+                TaskSignal(TaskEvent.DISPATCH),
+                extra={
+                    "slots": claimed,
+                    "dispatched_ms": uow.now_ms,
+                    "due_at": uow.now_ms + settings.dispatch_timeout_ms,
+                    "started_ms": None,
+                    "heartbeat_ms": None,
+                    "exec_deadline": None,
+                    "cancel_deadline": None,
+                },
+            )
+            if not outcome.accepted:
+                continue
+            for s in claimed:
+                uow.set(
+                    SLOTS,
+                    s,
+                    {
+                        "pool": s.rsplit(":", 1)[0],
+                        "holder": doc_id,
+                        "attempt": attempt,
+                        "since_ms": uow.now_ms,
+                    },
+                )
+            dispatched.append(task)
+        if dispatched and run["state"] == RunState.QUEUED.value:
+            apply_run(uow, run, RunEvent.ADMIT, "first tasks dispatched")
+        return dispatched
+
+    dispatched, _ = in_uow(ports, cause, body)
+    return dispatched
+
+
+def dispatch_run(ports: Ports, run_id: str, *, task_ids: Sequence[str] | None = None) -> int:
+    """Dispatch the run's READY tasks; returns how many attempts were sent to workers."""
+    settings = Settings.of(ports)
+    total = 0
+    while True:
+        dispatched = _dispatch_in_run(ports, run_id, settings, task_ids=task_ids)
+        ports.crash("dispatch.after_commit")
+        for task in dispatched:
+            send_envelope(ports, task, settings)
+        total += len(dispatched)
+        if task_ids is not None or len(dispatched) < settings.dispatch_batch:
+            return total
+
+
+def dispatch_waiting(ports: Ports, pool: str | None = None, limit: int = 200) -> int:
+    """Dispatch READY tasks of any run (after a pool slot was released)."""
+    where = [Where("state", "==", TaskState.READY.value)]
+    if pool and pool != GLOBAL_POOL:
+        where.append(Where("pool", "==", pool))
+    rows = ports.state.query(TASKS, where, order_by="order", limit=limit)
+    runs: list[str] = []
+    for _, d in rows:
+        if d["run_id"] not in runs:
+            runs.append(d["run_id"])
+    return sum(dispatch_run(ports, r) for r in runs)
+
+
+def retry_due(ports: Ports, run_id: str, task_id: str, attempt: int) -> int:
+    """A retry's delay has passed: RETRY_WAIT -> READY, then dispatch."""
+    cause = Cause(actor="system", source="servo/dispatch", correlation_id=run_id)
+
+    def body(uow: UnitOfWork) -> bool:
+        task = uow.get(TASKS, task_doc_id(run_id, task_id))
+        if (
+            task is None
+            or task["state"] != TaskState.RETRY_WAIT.value
+            or int(task["attempt"]) != attempt
+        ):
+            return False
+        outcome = apply_task(uow, task, TaskSignal(TaskEvent.RETRY_DUE), extra={"due_at": None})
+        return outcome.accepted and not outcome.duplicate
+
+    released, _ = in_uow(ports, cause, body)
+    return dispatch_run(ports, run_id) if released else 0
+
+
+def output_path(asset: str, partition: str | None, run_id: str, task_id: str, attempt: int) -> str:
+    part = partition if partition is not None else "__all__"
+    return f"outputs/{asset}/{part}/{run_id}.{task_id}.{attempt}.pkl"
+
+
+def log_path(run_id: str, task_id: str, attempt: int) -> str:
+    return f"logs/{run_id}/{task_id}/{attempt}.log"
+
+
+def build_envelope(ports: Ports, task: Doc, settings: Settings | None = None) -> TaskEnvelope:
+    """The worker message for the task's current attempt, with its inputs resolved to the
+    committed outputs of the upstream partitions it reads."""
+    settings = settings or Settings.of(ports)
+    run = ports.state.get(RUNS, task["run_id"]) or {}
+    manifest = load_manifest(ports, run["code_version"])
+    spec = manifest.assets_by_key[task["asset"]]
+    ctx = PartitionContext(now=ports.clock.now())
+    parts = partitions_from_spec(spec.partitions) if spec.partitions else None
+    pkey = PartitionKey.parse_canonical(task["partition"]) if task.get("partition") else None
+    window: tuple[str, str] | None = None
+    if isinstance(parts, TimeWindowPartitionsDefinition) and pkey is not None:
+        w = parts.window(pkey)
+        window = (w.start.isoformat(), w.end.isoformat())
+    inputs: list[tuple[str | None, str, list[str | None]]] = []
+    wanted: list[str] = []
+    for dep in spec.deps:
+        up = manifest.assets_by_key[dep.asset]
+        up_parts = partitions_from_spec(up.partitions) if up.partitions else None
+        if up_parts is None:
+            keys: list[str | None] = [None]
+        elif parts is None or pkey is None:
+            keys = [k.canonical() for k in up_parts.keys(ctx)]
+        else:
+            mapping = (
+                mapping_from_spec(dep.mapping) if dep.mapping else default_mapping(up_parts, parts)
+            )
+            assert mapping is not None
+            keys = [
+                k.canonical() if k is not None else None
+                for k in mapping.upstream_keys(pkey, up_parts, parts, ctx)
+            ]
+        inputs.append((dep.input_name, dep.asset, keys))
+        wanted.extend(asset_partition_id(dep.asset, k) for k in keys)
+    pointers: dict[str, Doc] = {}
+    if wanted:
+        pointers = ports.state.transact(lambda txn: txn.get_many(ASSET_PARTITIONS, wanted))
+    refs = [
+        InputRef(
+            input_name=name,
+            asset=asset,
+            partitions=keys,
+            paths=[
+                (pointers.get(asset_partition_id(asset, k)) or {}).get("output_path") for k in keys
+            ],
+        )
+        for name, asset, keys in inputs
+    ]
+    attempt = int(task["attempt"])
+    return TaskEnvelope(
+        tenant=ports.tenant,
+        workspace=ports.workspace,
+        run_id=task["run_id"],
+        task_id=task["task_id"],
+        attempt=attempt,
+        asset=task["asset"],
+        partition=task.get("partition"),
+        partition_window=window,
+        code_version=run["code_version"],
+        inputs=refs,
+        checks=[
+            CheckRef(name=c.name, blocking=c.blocking)
+            for c in manifest.checks_by_asset.get(task["asset"], ())
+        ],
+        output_path=output_path(
+            task["asset"], task.get("partition"), task["run_id"], task["task_id"], attempt
+        ),
+        log_path=log_path(task["run_id"], task["task_id"], attempt),
+        timeout_ms=task.get("timeout_ms"),
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        token=attempt_token(
+            settings.callback_secret,
+            ports.tenant,
+            ports.workspace,
+            task["run_id"],
+            task["task_id"],
+            attempt,
+        ),
+        run_tags=dict(run.get("tags") or {}),
+    )
+
+
+def send_envelope(ports: Ports, task: Doc, settings: Settings) -> None:
+    envelope = build_envelope(ports, task, settings)
+    payload: dict[str, Any] = envelope.model_dump(mode="json")
+    ports.queue.enqueue(
+        TOPIC_EXECUTE,
+        payload,
+        name=f"exec-{envelope.run_id}-{envelope.task_id}-{envelope.attempt}",
+    )
