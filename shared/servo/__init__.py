@@ -48,6 +48,7 @@ from servo.sdk.schedules import (
     schedule,
     sensor,
 )
+from servo.worker.runtime import Failure
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,7 @@ __all__ = [
     "DefinitionError",
     "Definitions",
     "DynamicPartitionsDefinition",
+    "Failure",
     "HourlyPartitionsDefinition",
     "IdentityPartitionMapping",
     "Jitter",

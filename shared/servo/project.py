@@ -197,8 +197,11 @@ def load_project(ref: ProjectRef) -> LoadedProject:
     Import errors become a ``ValidationFailed`` with the file:line of the failing line.
     """
     for p in reversed(_import_paths(ref.root)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+        if p in sys.path:
+            sys.path.remove(p)
+        sys.path.insert(0, p)
+    if ref.module is not None:
+        _forget_other_copies(ref.module.split(".")[0], ref.root)
     importlib.invalidate_caches()
     try:
         if ref.file is not None:
@@ -224,6 +227,16 @@ def load_project(ref: ProjectRef) -> LoadedProject:
     except Exception as exc:
         raise ValidationFailed([_problem_from_exception(exc, ref)]) from exc
     return LoadedProject(ref=ref, defs=_find_definitions(module, ref), module=module)
+
+
+def _forget_other_copies(top: str, root: Path) -> None:
+    """Drop already-imported modules of package ``top`` that come from another directory, so
+    that loading a second project with the same package name imports its own code."""
+    root_text = str(root.resolve())
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if not str(Path(origin).resolve()).startswith(root_text):
+            del sys.modules[name]
 
 
 def _problem_from_exception(exc: BaseException, ref: ProjectRef) -> Problem:
@@ -402,12 +415,6 @@ def build_manifest(
             )
         else:
             by_key[a.key_text] = a
-        if "<locals>" in getattr(a.fn, "__qualname__", ""):
-            c.add(
-                f"asset `{a.key_text}` is defined inside a function; define assets at module "
-                "level so workers can import them",
-                a.location,
-            )
     known = set(by_key)
     known_sorted = sorted(known)
 
@@ -635,9 +642,10 @@ def build_manifest(
             c.add(f"pools[{pool!r}] = {limit!r}: a pool limit is a positive integer")
 
     if c.problems:
+        problems = sorted(c.problems, key=_problem_order)
         if raise_on_problems:
-            raise ValidationFailed(c.problems)
-        return None, c.problems
+            raise ValidationFailed(problems)
+        return None, problems
 
     asset_specs = [
         AssetSpec(
@@ -671,6 +679,14 @@ def build_manifest(
         pools=dict(sorted(defs.pools.items())),
     )
     return manifest, []
+
+
+def _problem_order(p: Problem) -> tuple[str, int, str]:
+    """Problems sorted by file and line, so they read top to bottom like the code."""
+    if not p.location:
+        return ("", 0, p.message)
+    file, _, line = p.location.rpartition(":")
+    return (file, int(line) if line.isdigit() else 0, p.message)
 
 
 def _valid_parts(p: PartitionsDefinition | None) -> PartitionsDefinition | None:

@@ -7,6 +7,7 @@ import it. The handler plays the control plane and records every report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -180,6 +181,7 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
 
 
 def children_of_this_process() -> list[int]:
+    """Live child processes, except multiprocessing's own resource tracker."""
     me = str(os.getpid())
     found = []
     for entry in Path("/proc").iterdir():
@@ -189,8 +191,12 @@ def children_of_this_process() -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if fields[1] == me and fields[0] != "Z":
-            found.append(int(entry.name))
+        if fields[1] != me or fields[0] == "Z":
+            continue
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" in (entry / "cmdline").read_bytes():
+                continue
+        found.append(int(entry.name))
     return found
 
 

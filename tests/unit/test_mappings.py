@@ -174,12 +174,12 @@ def test_time_window_inverse_agrees_with_forward_mapping() -> None:
         mapping = TimeWindowPartitionMapping(start_offset, end_offset)
         forward = {
             (u, d.user_string())
-            for d in downstream.keys()
+            for d in downstream.keys_view()
             for u in up(mapping, d, upstream, downstream)
         }
         backward = {
             (u.user_string(), d)
-            for u in upstream.keys()
+            for u in upstream.keys_view()
             for d in down(mapping, u, upstream, downstream)
         }
         assert forward == backward, (start_offset, end_offset)

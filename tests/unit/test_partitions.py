@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -80,7 +81,8 @@ def test_time_partitions_match_golden(case: dict[str, Any]) -> None:
     for key, hours in case.get("hours", {}).items():
         assert defn.window(key).duration == timedelta(hours=hours)
     for bad in case.get("not_keys", []):
-        assert not defn.has_key(single(bad), ctx) if bad else True
+        if bad:
+            assert not defn.has_key(single(bad), ctx)
         with pytest.raises(PartitionError):
             defn.parse_key(bad, ctx)
     for moment, expected in case.get("key_for_time", []):
@@ -351,7 +353,7 @@ def test_time_problems_are_all_reported_at_once() -> None:
         (DailyPartitionsDefinition("2024-01-01", timezone=5), "IANA name string"),  # type: ignore[arg-type]
         (DailyPartitionsDefinition(20240101), "must be a date"),  # type: ignore[arg-type]
         (DailyPartitionsDefinition("9999-01-01"), "out of range"),
-        (HourlyPartitionsDefinition("2024-01-01", minute_offset=True), "minute_offset"),  # type: ignore[arg-type]
+        (HourlyPartitionsDefinition("2024-01-01", minute_offset=True), "minute_offset"),
         (TimeWindowPartitionsDefinition("hour", "2024-01-01", hour_offset=2), "hour_offset"),
         (MonthlyPartitionsDefinition("2024-01-01", day_offset=29), "day_offset"),
         (MonthlyPartitionsDefinition("2024-01-01", day_offset=0), "day_offset"),
@@ -427,7 +429,7 @@ def test_static_problems_are_all_reported() -> None:
     assert StaticPartitionsDefinition([]).problems() == [
         "static partitions have no keys; list at least one partition key"
     ]
-    assert StaticPartitionsDefinition("abc").problems()  # type: ignore[arg-type]
+    assert StaticPartitionsDefinition("abc").problems()
     assert StaticPartitionsDefinition(None).problems()  # type: ignore[arg-type]
 
 
@@ -476,7 +478,7 @@ def test_dynamic_context_is_a_snapshot() -> None:
 
 def test_dynamic_rejects_invalid_stored_keys_and_names() -> None:
     dynamic = DynamicPartitionsDefinition("customers")
-    with pytest.raises(PartitionError, match="'|'"):
+    with pytest.raises(PartitionError, match=r"'\|'"):
         dynamic.keys(PartitionContext(dynamic_keys={"customers": ["a|b"]}))
     with pytest.raises(PartitionError, match="sequence of keys"):
         PartitionContext(dynamic_keys={"customers": "abc"})
@@ -742,7 +744,7 @@ def test_time_windows_tile_time_across_transitions(zone: str, day: date) -> None
         keys = defn.keys()
         assert len(set(keys)) == len(keys)
         windows = [defn.window(k) for k in keys]
-        for before, after in zip(windows, windows[1:], strict=False):
+        for before, after in itertools.pairwise(windows):
             assert before.end.astimezone(UTC) == after.start.astimezone(UTC)
         for key, window in zip(keys, windows, strict=True):
             assert window.duration > timedelta(0)
@@ -782,3 +784,51 @@ def test_hundred_thousand_keys_enumerate_and_look_up() -> None:
     assert (
         len(multi.key_range(multi_keys[10].user_string(), multi_keys[-10].user_string())) == 99_981
     )
+
+
+# -- robustness --------------------------------------------------------------------------------
+
+ROBUST = [
+    DailyPartitionsDefinition("2024-01-01"),
+    DailyPartitionsDefinition(
+        "2024-01-01", "2024-03-01", hour_offset=6, timezone="America/New_York"
+    ),
+    HourlyPartitionsDefinition("2024-01-01", minute_offset=30, timezone="Europe/Berlin"),
+    WeeklyPartitionsDefinition("2024-01-01", day_offset=2),
+    MonthlyPartitionsDefinition("2024-01-01", day_offset=28),
+    StaticPartitionsDefinition(["a", "b"]),
+    _three_dims(),
+]
+key_like_text = st.one_of(
+    st.text(max_size=20),
+    st.from_regex(r"-?[0-9]{1,5}-[0-9]{1,2}-[0-9]{1,2}(-[0-9]{1,2}:[0-9]{2})?", fullmatch=True),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=key_like_text, which=st.integers(min_value=0, max_value=len(ROBUST) - 1))
+def test_parse_key_accepts_members_and_raises_only_partition_errors(text: str, which: int) -> None:
+    defn = ROBUST[which]
+    ctx = PartitionContext(now=datetime(2024, 6, 1, tzinfo=UTC))
+    try:
+        key = defn.parse_key(text, ctx)
+    except PartitionError:
+        return
+    assert defn.has_key(key, ctx)
+
+
+@pytest.mark.parametrize(
+    ("moment", "text"),
+    [
+        (datetime.max.replace(tzinfo=UTC), "9999-12-31"),
+        (datetime.min.replace(tzinfo=UTC), "0001-01-01"),
+    ],
+)
+def test_extreme_times_raise_partition_errors(moment: datetime, text: str) -> None:
+    daily = DailyPartitionsDefinition("2024-01-01")
+    with pytest.raises(PartitionError, match="out of range"):
+        daily.key_for_time(moment)
+    with pytest.raises(PartitionError, match="out of range"):
+        daily.keys(PartitionContext(now=moment))
+    with pytest.raises(PartitionError, match="out of range"):
+        daily.parse_key(text)

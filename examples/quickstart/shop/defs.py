@@ -17,7 +17,6 @@ from servo import (
     asset,
     asset_check,
 )
-
 from shop import sources
 
 # The shop's history in this example is January 2024 (end dates are exclusive).
@@ -82,7 +81,9 @@ def daily_revenue(orders_cleaned: list[dict[str, object]]) -> dict[str, int]:
 
 
 @asset(partitions=monthly, group="analytics", tags={"tier": "gold"})
-def monthly_revenue(context: AssetExecutionContext, daily_revenue: dict[str, dict[str, int]]) -> dict[str, int]:
+def monthly_revenue(
+    context: AssetExecutionContext, daily_revenue: dict[str, dict[str, int]]
+) -> dict[str, int]:
     """The month's revenue, rolled up from its days."""
     days = daily_revenue
     context.log.info("rolling up %d days of %s", len(days), context.partition_key)
@@ -105,7 +106,11 @@ def customer_summary(
             t[0] += 1
             t[1] += int(o["amount_eur_cents"])  # type: ignore[call-overload]
     return [
-        {**c, "orders": totals.get(int(c["id"]), [0, 0])[0], "revenue_eur_cents": totals.get(int(c["id"]), [0, 0])[1]}  # type: ignore[call-overload]
+        {
+            **c,
+            "orders": totals.get(int(c["id"]), [0, 0])[0],
+            "revenue_eur_cents": totals.get(int(c["id"]), [0, 0])[1],
+        }  # type: ignore[call-overload]
         for c in raw_customers
     ]
 
@@ -135,7 +140,15 @@ nightly = ScheduleDefinition(
 )
 
 defs = Definitions(
-    assets=[raw_orders, raw_customers, exchange_rate, orders_cleaned, daily_revenue, monthly_revenue, customer_summary],
+    assets=[
+        raw_orders,
+        raw_customers,
+        exchange_rate,
+        orders_cleaned,
+        daily_revenue,
+        monthly_revenue,
+        customer_summary,
+    ],
     asset_checks=[no_negative_amounts, revenue_is_positive],
     schedules=[nightly],
 )

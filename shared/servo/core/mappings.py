@@ -43,7 +43,6 @@ __all__ = [
     "mapping_from_spec",
 ]
 
-_UTC = UTC
 _TINY = timedelta(microseconds=1)
 
 
@@ -425,7 +424,7 @@ class TimeWindowPartitionMapping(PartitionMapping):
             return down.keys_overlapping(window.start, window.end, ctx)
         # Downstream partition d reads this window when d + end_offset reaches the window's
         # first downstream period and d + start_offset does not pass its last one.
-        last_instant = window.end.astimezone(_UTC) - _TINY
+        last_instant = window.end.astimezone(UTC) - _TINY
         low = down.calendar_window_at(window.start, -self.end_offset).start
         high = down.calendar_window_at(last_instant, -self.start_offset).end
         return down.keys_overlapping(low, high, ctx)

@@ -71,7 +71,6 @@ __all__ = [
     "partitions_from_spec",
 ]
 
-_UTC = UTC
 _TINY = timedelta(microseconds=1)
 
 
@@ -498,23 +497,23 @@ class TimeWindow:
     @property
     def duration(self) -> timedelta:
         """The real elapsed time of the window (23 h for a day when clocks go forward)."""
-        return self.end.astimezone(_UTC) - self.start.astimezone(_UTC)
+        return self.end.astimezone(UTC) - self.start.astimezone(UTC)
 
     def contains(self, moment: datetime) -> bool:
         """Whether the aware datetime ``moment`` lies in the window."""
-        instant = moment.astimezone(_UTC)
-        return self.start.astimezone(_UTC) <= instant < self.end.astimezone(_UTC)
+        instant = moment.astimezone(UTC)
+        return self.start.astimezone(UTC) <= instant < self.end.astimezone(UTC)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TimeWindow):
             return NotImplemented
-        return (self.start.astimezone(_UTC), self.end.astimezone(_UTC)) == (
-            other.start.astimezone(_UTC),
-            other.end.astimezone(_UTC),
+        return (self.start.astimezone(UTC), self.end.astimezone(UTC)) == (
+            other.start.astimezone(UTC),
+            other.end.astimezone(UTC),
         )
 
     def __hash__(self) -> int:
-        return hash((self.start.astimezone(_UTC), self.end.astimezone(_UTC)))
+        return hash((self.start.astimezone(UTC), self.end.astimezone(UTC)))
 
 
 class _Calendar:
@@ -589,10 +588,10 @@ class _Calendar:
         assert after is not None
         if before >= after:
             # Unambiguous, or repeated (clocks went back): fold=0 is the first occurrence.
-            return (nominal - before).replace(tzinfo=_UTC)
+            return (nominal - before).replace(tzinfo=UTC)
         # Skipped (clocks went forward): the clock change happens between these two instants;
         # find it to the second.
-        low = (nominal - after).replace(tzinfo=_UTC)
+        low = (nominal - after).replace(tzinfo=UTC)
         below, above = 0, int((after - before).total_seconds())
         while above - below > 1:
             middle = (below + above) // 2
@@ -615,6 +614,8 @@ class _Calendar:
         except ValueError:
             example = self.label(self.floor(datetime(2024, 1, 15, 12, 0)))
             return None, f"it does not match that format (a key looks like {example!r})"
+        if not _MIN_YEAR <= parsed.year < _MAX_YEAR:
+            return None, f"its year is out of range ({_MIN_YEAR} to {_MAX_YEAR - 1})"
         nominal = self.ceil(parsed)
         if self.label(nominal) == value:
             if self.is_empty(nominal):
@@ -634,7 +635,12 @@ class _Calendar:
 
     def containing(self, instant: datetime) -> datetime:
         """The nominal start of the window that contains the aware datetime ``instant``."""
-        moment = instant.astimezone(_UTC)
+        moment = instant.astimezone(UTC)
+        if not _MIN_YEAR <= moment.year < _MAX_YEAR:
+            raise PartitionError(
+                f"{instant.isoformat()} is out of range for time partitions: use a year from "
+                f"{_MIN_YEAR} to {_MAX_YEAR - 1}"
+            )
         nominal = self.floor(self._wall(moment))
         # After clocks go back the wall time can lie before the window that holds the instant.
         while self.instant(self.shift(nominal, 1)) <= moment:
@@ -931,8 +937,9 @@ class TimeWindowPartitionsDefinition(PartitionsDefinition):
         return list(self._found)
 
     def _cal(self) -> _Calendar:
-        self.require_valid()
-        self._analyse()
+        """The period arithmetic; exists exactly when the definition is valid."""
+        if self._calendar is None:
+            self.require_valid()
         assert self._calendar is not None
         return self._calendar
 
@@ -1070,13 +1077,12 @@ class TimeWindowPartitionsDefinition(PartitionsDefinition):
                     )
             else:
                 return nominal
-        unit = calendar.unit
-        noun = {
-            "hour": "an hour",
-            "day": "a date",
-            "week": f"a week start (a {_WEEKDAYS[calendar.day]})",
-            "month": f"a month start (day {calendar.day})",
-        }[unit]
+        if calendar.unit == "week":
+            noun = f"a week start (a {_WEEKDAYS[calendar.day]})"
+        elif calendar.unit == "month":
+            noun = f"a month start (day {calendar.day})"
+        else:
+            noun = "an hour" if calendar.unit == "hour" else "a date"
         raise PartitionError(
             f"{value!r} is not a partition of {self.describe()}: expected {noun} written "
             f"{calendar.fmt} {self._range_text(upper, ctx)}; {reason}"
@@ -1168,8 +1174,8 @@ class TimeWindowPartitionsDefinition(PartitionsDefinition):
         Without ``ctx.now`` an open-ended set is bounded by ``end`` alone.
         """
         calendar = self._cal()
-        begin = _aware(start, "keys_overlapping").astimezone(_UTC)
-        finish = _aware(end, "keys_overlapping").astimezone(_UTC)
+        begin = _aware(start, "keys_overlapping").astimezone(UTC)
+        finish = _aware(end, "keys_overlapping").astimezone(UTC)
         if begin >= finish:
             return []
         assert self._first is not None
