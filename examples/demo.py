@@ -23,7 +23,7 @@ def servo(
 ) -> subprocess.CompletedProcess[str]:
     print(f"\n$ servo {shlex.join(args)}", flush=True)
     proc = subprocess.run(
-        [SERVO, *args], cwd=QUICKSTART, env=env, text=True, capture_output=capture
+        [SERVO, *args], check=False, cwd=QUICKSTART, env=env, text=True, capture_output=capture
     )
     if capture:
         sys.stdout.write(proc.stdout if args[-1] != "--json" else "")

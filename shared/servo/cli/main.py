@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.markup import escape
 
 from servo.cli import render
 from servo.cli.workspace import (
@@ -18,7 +19,7 @@ from servo.cli.workspace import (
     locate,
     open_workspace,
 )
-from servo.core.errors import ServoError, ValidationFailed
+from servo.core.errors import Problem, ServoError, ValidationFailed
 from servo.core.planner import PartitionSelection
 
 app = typer.Typer(
@@ -39,8 +40,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    render.err_console.print(f"[red]error:[/red] {message}")
+    render.err_console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
+
+
+def print_problems(problems: list[Problem], header: str) -> None:
+    render.err_console.print(f"[red]{escape(header)}[/red]")
+    for p in problems:
+        where = f"{render.relative(p.location)}: " if p.location else ""
+        render.err_console.print(f"  {escape(where + p.message)}")
 
 
 def _workspace(
@@ -91,9 +99,7 @@ def validate(module: ModuleOpt = None, file: FileOpt = None, as_json: JsonOpt = 
                 }
             )
         else:
-            render.err_console.print(f"[red]{len(exc.problems)} problem(s) found:[/red]")
-            for p in exc.problems:
-                render.err_console.print(f"  {p.location + ': ' if p.location else ''}{p.message}")
+            print_problems(exc.problems, f"{len(exc.problems)} problem(s) found:")
         raise typer.Exit(1) from None
     except ServoError as exc:
         fail(str(exc))
@@ -119,11 +125,7 @@ def deploy(module: ModuleOpt = None, file: FileOpt = None, as_json: JsonOpt = Fa
     try:
         result, manifest = deploy_project(ws, actor_name())
     except ValidationFailed as exc:
-        render.err_console.print(
-            f"[red]{len(exc.problems)} problem(s) found; nothing deployed:[/red]"
-        )
-        for p in exc.problems:
-            render.err_console.print(f"  {p.location + ': ' if p.location else ''}{p.message}")
+        print_problems(exc.problems, f"{len(exc.problems)} problem(s) found; nothing deployed:")
         raise typer.Exit(1) from None
     except ServoError as exc:
         fail(str(exc))
@@ -240,7 +242,7 @@ def _progress_printer(ws: Workspace, quiet: bool) -> Any:
                 label = t["asset"] + (
                     f" [{t['partition_user']}]" if t.get("partition_user") else ""
                 )
-                render.console.print(f"  {label}: {render.styled(state)}")
+                render.console.print(f"  {escape(label)}: {render.styled(state)}")
 
     return show
 
@@ -283,9 +285,7 @@ def run(
     try:
         ensure_deployed(ws, actor_name())
     except ValidationFailed as exc:
-        render.err_console.print(f"[red]{len(exc.problems)} problem(s) found; nothing run:[/red]")
-        for p in exc.problems:
-            render.err_console.print(f"  {p.location + ': ' if p.location else ''}{p.message}")
+        print_problems(exc.problems, f"{len(exc.problems)} problem(s) found; nothing run:")
         raise typer.Exit(1) from None
     except ServoError as exc:
         fail(str(exc))
@@ -446,7 +446,7 @@ def logs(
             except NotFound:
                 continue
             label = t["asset"] + (f":{t['partition_user']}" if t.get("partition_user") else "")
-            render.console.print(f"[bold]== {label} attempt {a} ==[/bold]")
+            render.console.print(f"[bold]== {escape(label)} attempt {a} ==[/bold]")
             sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
             sys.stdout.flush()
             printed += 1
@@ -481,7 +481,8 @@ def events(
         subject = e.get("task_id") or ""
         attempt = f"#{e['attempt']}" if e.get("attempt") else ""
         render.console.print(
-            f"{e['time']}  {e['type']:<32} {subject}{attempt}  {what}  ({e.get('actor')})"
+            f"{e['time']}  {e['type']:<32} {subject}{attempt}  {what}  ({e.get('actor')})",
+            markup=False,
         )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 STATE_STYLE = {
@@ -39,6 +41,14 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def relative(location: str) -> str:
+    """A file:line location relative to the working directory when it is inside it."""
+    try:
+        return str(Path(location).relative_to(Path.cwd()))
+    except ValueError:
+        return location
+
+
 def when(ms: int | None) -> str:
     if not ms:
         return "-"
@@ -64,7 +74,7 @@ def run_summary(summary: dict[str, Any]) -> None:
     )
     console.print(header)
     if summary.get("run_key"):
-        console.print(f"run_key {summary['run_key']}")
+        console.print(f"run_key {summary['run_key']}", markup=False)
     console.print(
         f"started {when(summary.get('started_ms'))}  ended {when(summary.get('ended_ms'))}  "
         f"duration {duration(summary.get('created_ms'), summary.get('ended_ms'))}"
@@ -75,11 +85,11 @@ def run_summary(summary: dict[str, Any]) -> None:
     for t in summary["tasks"]:
         detail = t.get("error") or ("" if t["state"] == "SUCCEEDED" else (t.get("reason") or ""))
         table.add_row(
-            t["asset"],
-            t.get("partition") or "",
+            escape(t["asset"]),
+            escape(t.get("partition") or ""),
             styled(t["state"]),
             str(t["attempts"]),
             duration(t.get("started_ms"), t.get("ended_ms")),
-            detail,
+            escape(detail),
         )
     console.print(table)

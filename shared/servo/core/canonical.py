@@ -22,7 +22,15 @@ class CanonicalJsonError(ServoError):
 
 
 def _check(value: Any, path: str) -> None:
-    if value is None or isinstance(value, (bool, str)):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CanonicalJsonError(
+                f"canonical JSON needs valid Unicode text (at {path or '$'}: {value!r})"
+            ) from None
+        return
+    if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
         return
@@ -32,7 +40,13 @@ def _check(value: Any, path: str) -> None:
             "encode the number as an integer or a string"
         )
     if isinstance(value, Mapping):
+        if not isinstance(value, dict):
+            raise CanonicalJsonError(
+                f"canonical JSON objects must be dicts (at {path or '$'}: {type(value).__name__})"
+            )
         for k, v in value.items():
+            if isinstance(k, str):
+                _check(k, f"{path}.<key>")
             if not isinstance(k, str):
                 raise CanonicalJsonError(
                     f"canonical JSON object keys must be strings (at {path or '$'}: {k!r})"

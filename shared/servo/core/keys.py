@@ -42,7 +42,7 @@ from typing import Any
 from servo.core.canonical import canonical_json, sha256_hex
 from servo.core.errors import DefinitionError, PartitionError
 
-_COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$")
+_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}")
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~:")
 
 
@@ -57,7 +57,7 @@ class AssetKey:
         if not self.path:
             raise DefinitionError("an asset key needs at least one component")
         for part in self.path:
-            if not isinstance(part, str) or not _COMPONENT.match(part):
+            if not isinstance(part, str) or not _COMPONENT.fullmatch(part):
                 raise DefinitionError(
                     f"asset key component {part!r} is not valid: use 1-64 characters of "
                     "letters, digits, '_' or '-' (not starting with '-'); separate "
@@ -123,7 +123,7 @@ def unescape_component(text: str) -> str:
             continue
         if byte not in _SAFE:
             raise PartitionError(
-                f"partition key {text!r} is not canonical: {chr(byte)!r} must be escaped"
+                f"partition key {text!r} is not canonical: byte 0x{byte:02X} must be escaped"
             )
         raw.append(byte)
         i += 1
@@ -138,6 +138,10 @@ def _check_value(value: Any, what: str) -> str:
         raise PartitionError(f"{what} must be a string, got {type(value).__name__}")
     if value == "":
         raise PartitionError(f"{what} is empty; partition values are non-empty strings")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PartitionError(f"{what} {value!r} is not valid Unicode text") from None
     return value
 
 
@@ -154,6 +158,8 @@ class PartitionKey:
     dims: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.dims, tuple):
+            raise PartitionError("partition key dimensions must be a tuple of (name, value) pairs")
         if (self.value is None) == (not self.dims):
             raise PartitionError("a partition key has either one value or named dimensions")
         if self.value is not None:
@@ -198,7 +204,10 @@ class PartitionKey:
         if not text:
             raise PartitionError("an empty string is not a canonical partition key")
         if "=" not in text:
-            return cls.single(unescape_component(text))
+            single = cls.single(unescape_component(text))
+            if single.canonical() != text:
+                raise PartitionError(f"partition key {text!r} is not in canonical form")
+            return single
         dims: dict[str, str] = {}
         for part in text.split(","):
             name, sep, value = part.partition("=")
@@ -249,6 +258,15 @@ class TaskKey:
     partition: PartitionKey | None = None
     operation: Operation = Operation.MATERIALIZE
 
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "operation", Operation(self.operation))
+        except ValueError:
+            raise DefinitionError(
+                f"task operation {self.operation!r} is not one of "
+                f"{', '.join(o.value for o in Operation)}"
+            ) from None
+
     def to_json(self) -> dict[str, str | None]:
         return {
             "asset": self.asset.to_string(),
@@ -258,11 +276,13 @@ class TaskKey:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TaskKey:
+        if not isinstance(data, Mapping) or not isinstance(data.get("asset"), str):
+            raise DefinitionError(f"a task key needs an `asset` string, got {data!r}")
         part = data.get("partition")
         return cls(
             asset=AssetKey.parse(data["asset"]),
             partition=PartitionKey.parse_canonical(part) if part is not None else None,
-            operation=Operation(data.get("operation", "materialize")),
+            operation=data.get("operation", "materialize"),
         )
 
     def canonical(self) -> str:

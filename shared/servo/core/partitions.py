@@ -890,9 +890,9 @@ class TimeWindowPartitionsDefinition(PartitionsDefinition):
                 try:
                     parsed = datetime.fromisoformat(value)
                 except ValueError:
-                    written = f"written {fmt} or " if fmt else ""
+                    written = f"as {fmt} or " if fmt else ""
                     self._found.append(
-                        f"{name} {value!r} is not a date: write it {written}in ISO form "
+                        f"{name} {value!r} is not a valid date: write it {written}in ISO form "
                         "'YYYY-MM-DD' or 'YYYY-MM-DDTHH:MM'"
                     )
                     return None
