@@ -30,12 +30,16 @@ class Measured:
     peak_tree_rss_mb: float
     peak_tree_pss_mb: float
 
-    def json_out(self) -> Any:
-        """The command's standard output parsed as JSON (it must have succeeded)."""
+    def check(self) -> None:
+        """Raise if the command failed."""
         if self.returncode != 0:
             raise RuntimeError(
                 f"benchmark command failed with exit code {self.returncode}:\n{self.stderr[-4000:]}"
             )
+
+    def json_out(self) -> Any:
+        """The command's standard output parsed as JSON (it must have succeeded)."""
+        self.check()
         return json.loads(self.stdout)
 
 
@@ -142,13 +146,15 @@ def median(values: Sequence[float]) -> float:
 
 
 def repeat(
-    argv: Sequence[str], times: int, **kwargs: Any
+    argv: Sequence[str], times: int, *, json_output: bool = True, **kwargs: Any
 ) -> tuple[Measured, list[Measured]]:
-    """Run ``argv`` ``times`` + 1 times: the first (cold: fresh bytecode caches of the generated
-    code) separately, then the warm runs."""
-    cold = run_measured(argv, **kwargs)
-    cold.json_out()
-    warm = [run_measured(argv, **kwargs) for _ in range(times)]
-    for m in warm:
-        m.json_out()
-    return cold, warm
+    """Run ``argv`` ``times`` + 1 times and return the first run (cold: the generated code's
+    bytecode is compiled then) and the ``times`` warm runs. Every run must succeed (and print
+    JSON when ``json_output``)."""
+    runs = [run_measured(argv, **kwargs) for _ in range(times + 1)]
+    for m in runs:
+        if json_output:
+            m.json_out()
+        else:
+            m.check()
+    return runs[0], runs[1:]

@@ -263,36 +263,33 @@ def _function(decorator: str, a: AssetShape) -> str:
 
 def _defs_module(shape: ProjectShape, flavour: str) -> str:
     groups = list(_module_of(shape))
-    asset_refs = ",\n".join(f"    {a.group}.{a.name}" for a in shape.assets)
-    check_refs = ",\n".join(f"    {a.group}.{a.name}_is_present" for a in shape.assets if a.check)
+    asset_refs = "".join(f"    {a.group}.{a.name},\n" for a in shape.assets)
+    check_refs = "".join(f"    {a.group}.{a.name}_is_present,\n" for a in shape.assets if a.check)
     imports = "\n".join(f"from {PACKAGE} import {g}" for g in groups)
     if flavour == "servo":
         head = "from servo import Definitions, ScheduleDefinition\n"
-        schedules = ",\n".join(
+        schedules = "".join(
             f'    ScheduleDefinition(name="{g}_nightly", cron_schedule="0 2 * * *", '
-            f'target="group:{g}")'
+            f'target="group:{g}"),\n'
             for g in shape.scheduled_groups
         )
         ctor = "Definitions"
     else:
         head = "import dagster as dg\n"
-        schedules = ",\n".join(
+        schedules = "".join(
             f'    dg.ScheduleDefinition(name="{g}_nightly", cron_schedule="0 2 * * *", '
-            f'target=dg.AssetSelection.groups("{g}"))'
+            f'target=dg.AssetSelection.groups("{g}")),\n'
             for g in shape.scheduled_groups
         )
         ctor = "dg.Definitions"
     body = textwrap.dedent(
         """\
         ASSETS = [
-        {assets}
-        ]
+        {assets}]
         CHECKS = [
-        {checks}
-        ]
+        {checks}]
         SCHEDULES = [
-        {schedules}
-        ]
+        {schedules}]
         defs = {ctor}(assets=ASSETS, asset_checks=CHECKS, schedules=SCHEDULES)
         """
     )

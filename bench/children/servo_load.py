@@ -21,7 +21,7 @@ def main() -> None:
 
     t1 = time.perf_counter()
     ref = find_project(root)
-    loaded, manifest = load_and_build(ref)
+    _, manifest = load_and_build(ref)
     t2 = time.perf_counter()
     out.write_text(manifest.canonical(), encoding="utf-8")
     t3 = time.perf_counter()

@@ -226,7 +226,7 @@ def test_fifty_tasks_through_two_warm_workers(
     assert len({pid for _, pid in values}) <= 2
     for env in envelopes:
         assert plane.kinds_of(env.idempotency_key) == ["started", "completed"]
-    plane.wait_for(pool.idle, "the pool to be idle")
+    assert pool.wait_idle(WAIT_S)
     assert pool.running() == []
     assert pool.backlog() == 0
 
@@ -341,7 +341,7 @@ def test_stale_start_frees_the_worker(
     done = plane.wait_completed(1)
     assert set(done) == {fresh.idempotency_key}
     assert plane.kinds_of(stale.idempotency_key) == ["started"]
-    plane.wait_for(pool.idle, "the pool to be idle")
+    assert pool.wait_idle(WAIT_S)
 
 
 def test_close_leaves_no_processes_behind(

@@ -71,6 +71,8 @@ def route(
         if len(rest) == 2 and rest[0] == "runs" and method == "GET":
             from servo.local import summarize
 
+            if ports.state.get("runs", rest[1]) is None:
+                raise NotFound(f"run {rest[1]} does not exist")
             return 200, summarize(ports, rest[1])
         if len(rest) == 3 and rest[0] == "runs" and rest[2] == "cancel" and method == "POST":
             from servo.control.cancel import cancel_run

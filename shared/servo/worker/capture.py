@@ -33,11 +33,21 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s - %(message)s"
 _FD_OWNER = threading.Lock()
 
 
+_LIBC: list[ctypes.CDLL | None] = []
+
+
 def _flush_c_stdio() -> None:
     # C code that printf()s keeps its text in libc's buffer; flush it while the descriptors
     # still point at the capture file.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).fflush(None)
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(None))
+        except OSError:
+            _LIBC.append(None)
+    libc = _LIBC[0]
+    if libc is not None:
+        with contextlib.suppress(Exception):
+            libc.fflush(None)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -94,6 +94,7 @@ class WorkerPool:
         self._fsync = fsync
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when work ends or is dropped
         self._workers: list[_Worker] = []
         self._backlog: deque[TaskEnvelope] = deque()
         self._numbers = itertools.count(1)
@@ -132,6 +133,7 @@ class WorkerPool:
             for queued in self._backlog:
                 if _matches(queued, run_id, task_id, attempt):
                     self._backlog.remove(queued)
+                    self._changed.notify_all()
                     return True
             victim = next(
                 (
@@ -168,6 +170,16 @@ class WorkerPool:
         with self._lock:
             return not self._backlog and all(w.current is None for w in self._workers)
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is queued or running (or the pool is closed); False if
+        ``timeout`` seconds passed first."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._closed
+                or (not self._backlog and all(w.current is None for w in self._workers)),
+                timeout,
+            )
+
     def close(self, timeout: float = 5) -> None:
         """Stop every worker (running attempts are terminated) and wait for them to exit."""
         with self._lock:
@@ -179,6 +191,7 @@ class WorkerPool:
             self._backlog.clear()
             for w in workers:
                 w.gone = True
+            self._changed.notify_all()
         atexit.unregister(self.close)
         for w in workers:
             if w.current is None:
@@ -287,6 +300,7 @@ class WorkerPool:
     def _dispatch_after_change(self) -> None:
         with self._lock:
             runs = self._dispatch_locked()
+            self._changed.notify_all()
             error, self._spawn_error = self._spawn_error, None
         self._send_runs(runs)
         if error is not None:
