@@ -28,7 +28,7 @@ from servo.worker.pool import WorkerPool
 
 WAIT_S = 60.0
 
-DEFS = '''
+DEFS = """
 import logging
 import os
 import subprocess
@@ -64,7 +64,7 @@ def sleeper(context):
 
 
 defs = Definitions(assets=[trivial, chatty, sleeper])
-'''
+"""
 
 
 def write_project(root: Path, version: str) -> Path:
@@ -151,7 +151,9 @@ def make_pool(
         pool.close()
 
 
-def envelope(n: int, asset: str = "trivial", code_version: str = "v1", **kwargs: Any) -> TaskEnvelope:
+def envelope(
+    n: int, asset: str = "trivial", code_version: str = "v1", **kwargs: Any
+) -> TaskEnvelope:
     return TaskEnvelope(
         run_id="r1",
         task_id=f"t{n}",

@@ -6,8 +6,10 @@ control plane is a recording handler behind ``DirectChannel``.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -136,7 +138,9 @@ def test_single_partition_input_is_the_value(blobs: FileBlobs) -> None:
     path = stage(blobs, "committed/daily/2024-01-01", "jan first")
     env = envelope(
         partition="2024-01-01",
-        inputs=[InputRef(input_name="daily", asset="daily", partitions=["2024-01-01"], paths=[path])],
+        inputs=[
+            InputRef(input_name="daily", asset="daily", partitions=["2024-01-01"], paths=[path])
+        ],
     )
     outcome, _ = run(blobs, Definitions(assets=[target]), env)
     assert outcome.status == "succeeded", outcome.error
@@ -404,7 +408,9 @@ def test_stale_attempt_runs_nothing(blobs: FileBlobs, answer: Answer) -> None:
         called.append(1)
         return 1
 
-    outcome, recorder = run(blobs, Definitions(assets=[target]), envelope(), Recorder(on_started=answer))
+    outcome, recorder = run(
+        blobs, Definitions(assets=[target]), envelope(), Recorder(on_started=answer)
+    )
     assert called == []
     assert outcome.status == "cancelled"
     assert recorder.kinds() == ["started"]
@@ -471,7 +477,9 @@ def test_no_heartbeat_after_completed(blobs: FileBlobs) -> None:
         return 1
 
     recorder = Recorder()
-    outcome, _ = run(blobs, Definitions(assets=[target]), envelope(heartbeat_interval_ms=10), recorder)
+    outcome, _ = run(
+        blobs, Definitions(assets=[target]), envelope(heartbeat_interval_ms=10), recorder
+    )
     assert outcome.status == "succeeded"
     time.sleep(0.1)
     assert recorder.kinds()[-1] == "completed"
@@ -490,7 +498,9 @@ def test_timeout_on_a_worker_thread(blobs: FileBlobs) -> None:
 
     results: list[Outcome] = []
     worker = threading.Thread(
-        target=lambda: results.append(run(blobs, Definitions(assets=[target]), envelope(timeout_ms=100))[0])
+        target=lambda: results.append(
+            run(blobs, Definitions(assets=[target]), envelope(timeout_ms=100))[0]
+        )
     )
     worker.start()
     worker.join(WAIT_S * 2)
@@ -506,10 +516,14 @@ def test_ctrl_c_outside_an_attempt_still_reaches_the_previous_handler(blobs: Fil
         return 1
 
     run(blobs, Definitions(assets=[target]), envelope(timeout_ms=50))
+
     # Servo's SIGINT handler is now installed; a real interrupt must still raise.
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), 2)
+    def interrupt_myself() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
         time.sleep(WAIT_S)
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupt_myself()
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -611,9 +625,8 @@ def test_output_of_every_kind_is_captured_into_the_log(blobs: FileBlobs) -> None
         print("hello from print")
         sys.stderr.write("hello from stderr\n")
         os.write(1, b"hello from fd 1\n")
-        subprocess.run(
-            [sys.executable, "-c", "print('hello from a subprocess')"], check=True
-        )
+        ctypes.CDLL(None).puts(b"hello from C stdio")
+        subprocess.run([sys.executable, "-c", "print('hello from a subprocess')"], check=True)
         context.log.info("hello from context.log")
         return 1
 
@@ -625,6 +638,7 @@ def test_output_of_every_kind_is_captured_into_the_log(blobs: FileBlobs) -> None
         "hello from print",
         "hello from stderr",
         "hello from fd 1",
+        "hello from C stdio",
         "hello from a subprocess",
         "INFO target - hello from context.log",
     ):
@@ -633,7 +647,9 @@ def test_output_of_every_kind_is_captured_into_the_log(blobs: FileBlobs) -> None
     assert text.index("hello from a subprocess") < text.index("hello from context.log")
 
 
-def test_stdout_is_restored_after_the_attempt(blobs: FileBlobs, capfd: pytest.CaptureFixture[str]) -> None:
+def test_stdout_is_restored_after_the_attempt(
+    blobs: FileBlobs, capfd: pytest.CaptureFixture[str]
+) -> None:
     @asset
     def target() -> int:
         print("inside")
@@ -674,10 +690,9 @@ def test_a_second_concurrent_capture_records_only_log_records() -> None:
     first = OutputCapture()
     second = OutputCapture()
     try:
-        with first:
-            with second:
-                second.logger("x").info("a record")
-                print("to the first")
+        with first, second:
+            second.logger("x").info("a record")
+            print("to the first")
         assert first.redirected
         assert not second.redirected
         assert "a record" in second.text()

@@ -190,7 +190,7 @@ def _run_and_wait(
                 "next `servo run`) executes it. Follow it with `servo status {result.run_id}`."
             )
         return
-    with LocalControlPlane(ws.ports, ws.home) as plane:
+    with LocalControlPlane(ws.ports, ws.home) as plane, _Progress(ws, as_json) as progress:
         try:
             result = start(ws.ports)
         except ServoError as exc:
@@ -198,9 +198,7 @@ def _run_and_wait(
         if not as_json:
             verb = "Started" if result.created else "Found existing"
             render.console.print(f"{verb} run {result.run_id} ({result.task_count} tasks)")
-        run = plane.wait_for_run(
-            result.run_id, timeout=timeout, on_progress=_progress_printer(ws, as_json)
-        )
+        run = plane.wait_for_run(result.run_id, timeout=timeout, on_progress=progress)
     summary = summarize(ws.ports, result.run_id)
     if as_json:
         render.print_json(summary)
@@ -209,42 +207,78 @@ def _run_and_wait(
     raise typer.Exit(0 if run["state"] == "SUCCEEDED" else 1)
 
 
-def _progress_printer(ws: Workspace, quiet: bool) -> Any:
-    if quiet:
-        return None
-    seen: dict[str, str] = {}
-    last = [0.0]
+class _Progress:
+    """Run progress: a bar on a terminal, one line per task state change otherwise."""
 
-    def show(run: dict[str, Any], _: list[dict[str, Any]]) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.25 and run["state"] not in (
-            "SUCCEEDED",
-            "FAILED",
-            "CANCELLED",
-            "TIMED_OUT",
-        ):
+    TERMINAL = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
+
+    def __init__(self, ws: Workspace, quiet: bool) -> None:
+        self.ws = ws
+        self.quiet = quiet
+        self.seen: dict[str, str] = {}
+        self.last = 0.0
+        self.bar: Any = None
+        self.bar_task: Any = None
+        if not quiet and render.is_tty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=render.console,
+                transient=True,
+            )
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, run: dict[str, Any], _: list[dict[str, Any]]) -> None:
+        if self.quiet:
             return
-        last[0] = now
+        now = time.monotonic()
+        final = run["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
+        if now - self.last < 0.2 and not final:
+            return
+        self.last = now
         from servo.local import run_tasks
 
-        for t in run_tasks(ws.ports, run["run_id"]):
-            key = t["task_id"]
+        tasks = run_tasks(self.ws.ports, run["run_id"])
+        if self.bar is not None:
+            done = sum(1 for t in tasks if t["state"] in self.TERMINAL)
+            failed = sum(1 for t in tasks if t["state"] == "FAILED")
+            running = sum(1 for t in tasks if t["state"] in ("RUNNING", "DISPATCHED"))
+            detail = f"{running} running" + (f", {failed} failed" if failed else "")
+            if self.bar_task is None:
+                self.bar_task = self.bar.add_task(run["run_id"], total=len(tasks), detail=detail)
+            self.bar.update(self.bar_task, completed=done, detail=detail)
+            return
+        for t in tasks:
             state = t["state"]
-            if seen.get(key) != state and state in (
+            if self.seen.get(t["task_id"]) != state and state in (
+                *self.TERMINAL,
                 "RUNNING",
-                "SUCCEEDED",
-                "FAILED",
-                "SKIPPED",
                 "RETRY_WAIT",
-                "CANCELLED",
             ):
-                seen[key] = state
+                self.seen[t["task_id"]] = state
                 label = t["asset"] + (
                     f" [{t['partition_user']}]" if t.get("partition_user") else ""
                 )
                 render.console.print(f"  {escape(label)}: {render.styled(state)}")
-
-    return show
 
 
 @app.command()

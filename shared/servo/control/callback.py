@@ -430,20 +430,35 @@ def release_fan_in(ports: Ports, run_id: str, task_id: str) -> list[str]:
         )
         if pending:
             continue
-        if _release(ports, run_id, down, int(task.get("lc", 0))):
+        if release_task(ports, run_id, down, lc_floor=int(task.get("lc", 0))):
             released.append(down)
     return released
 
 
-def _release(ports: Ports, run_id: str, task_id: str, lc_floor: int) -> bool:
+def release_task(
+    ports: Ports, run_id: str, task_id: str, *, lc_floor: int = 0, source: str = "servo/callback"
+) -> bool:
+    """BLOCKED -> READY once every upstream task of ``task_id`` succeeded; True if released.
+
+    The upstream tasks are read in the transaction: that confirms they all succeeded, and it
+    gives the release a Lamport clock above each upstream's SUCCEEDED event — the caller's
+    floor covers only the upstream it came from, and a sibling may have succeeded later.
+    """
+
     def body(uow: UnitOfWork) -> bool:
         doc = uow.get(TASKS, task_doc_id(run_id, task_id))
         if doc is None or doc["state"] not in (TaskState.BLOCKED.value, TaskState.PLANNED.value):
             return False
+        upstream = list(doc.get("upstream") or [])
+        ups = uow.get_many(TASKS, [task_doc_id(run_id, u) for u in upstream])
+        if len(ups) != len(upstream) or any(
+            u["state"] != TaskState.SUCCEEDED.value for u in ups.values()
+        ):
+            return False
         r = apply_task(uow, doc, TaskSignal(TaskEvent.RELEASE), record_duplicate=False)
         return r.accepted and not r.duplicate
 
-    cause = Cause(source="servo/callback", correlation_id=run_id, lc_floor=lc_floor)
+    cause = Cause(source=source, correlation_id=run_id, lc_floor=lc_floor)
     done, _ = in_uow(ports, cause, body)
     return done
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from servo.control.callback import finalize_run, follow_up, skip_downstream
+from servo.control.callback import finalize_run, follow_up, release_task, skip_downstream
 from servo.control.common import (
     RUNS,
     SLOTS,
@@ -241,14 +241,5 @@ def _unblock(ports: Ports, run_id: str, blocked: list[Doc]) -> int:
         changed += skip_downstream(ports, run_id, failed)
     for d in blocked:
         if all(states.get(u) == "SUCCEEDED" for u in d.get("upstream") or []):
-
-            def body(uow: UnitOfWork, tid: str = d["task_id"]) -> bool:
-                doc = uow.get(TASKS, task_doc_id(run_id, tid))
-                if doc is None:
-                    return False
-                r = apply_task(uow, doc, TaskSignal(TaskEvent.RELEASE), record_duplicate=False)
-                return r.accepted and not r.duplicate
-
-            done, _ = in_uow(ports, Cause(source="servo/sweep", correlation_id=run_id), body)
-            changed += int(done)
+            changed += int(release_task(ports, run_id, d["task_id"], source="servo/sweep"))
     return changed

@@ -175,8 +175,10 @@ class WorkerPool:
         ``timeout`` seconds passed first."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: self._closed
-                or (not self._backlog and all(w.current is None for w in self._workers)),
+                lambda: (
+                    self._closed
+                    or (not self._backlog and all(w.current is None for w in self._workers))
+                ),
                 timeout,
             )
 
