@@ -111,9 +111,8 @@ def realistic(
         )
         mine.append(shape)
         assets.append(shape)
-    scheduled = tuple(
-        f"g{g:02d}" for g in range(n_groups) if not (all_partitioned or g % 3 == 0)
-    )[:5]
+    unpartitioned_groups = [g for g in range(n_groups) if not (all_partitioned or g % 3 == 0)]
+    scheduled = tuple(f"g{g:02d}" for g in unpartitioned_groups[:5])
     uses_partitions = any(a.partitioned for a in assets)
     return ProjectShape(
         assets=tuple(assets),

@@ -5,7 +5,8 @@ in one process around an in-process queue and a pool of warm worker processes.
 queue delivers ``dispatch``/``retry``/``finalize`` messages to the services and ``execute``
 messages to the worker pool; the pool's reports go to the callback service; a housekeeping
 thread runs the sweep, drains the outbox into the ledger and stops worker processes whose
-attempt is no longer current (force-cancelled, timed out or superseded).
+attempt is no longer current (force-cancelled, timed out or superseded); a compaction thread
+folds the ledger into the projections.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from servo.control.drain import drain_outbox
 from servo.control.sweep import sweep
 from servo.core.errors import ServoError
 from servo.ports import Doc, Ports
+from servo.projections.compaction import BackgroundCompaction
 from servo.worker.envelope import Answer, Outcome, TaskEnvelope
 from servo.worker.pool import WorkerPool
 
@@ -75,6 +77,7 @@ class LocalControlPlane:
         self._wake = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._listeners: list[Callable[[], None]] = []
+        self.compaction = BackgroundCompaction(ports)
         self.queue.subscribe(TOPIC_DISPATCH, self._on_dispatch)
         self.queue.subscribe(TOPIC_RETRY, self._on_retry)
         self.queue.subscribe(TOPIC_FINALIZE, self._on_finalize)
@@ -120,6 +123,7 @@ class LocalControlPlane:
             target=self._housekeeping, name="servo-housekeeping", daemon=True
         )
         self._housekeeper.start()
+        self.compaction.start()
         return self
 
     def stop(self) -> None:
@@ -128,6 +132,7 @@ class LocalControlPlane:
         self.queue.stop(timeout=5)
         if self._housekeeper is not None:
             self._housekeeper.join(timeout=10)
+        self.compaction.stop()
         self.pool.close(timeout=5)
         try:
             drain_outbox(self.ports)

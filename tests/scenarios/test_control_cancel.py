@@ -3,14 +3,16 @@ task when its worker acknowledges, and a worker that ignores the request is kill
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import pytest
 
 from servo.control.cancel import cancel_run
 
 if TYPE_CHECKING:
-    from conftest import ScenarioFactory
+    from conftest import Scenario, ScenarioFactory
 
-from conftest import pid_alive, wait_until
+from conftest import CrashOnce, CrashPointReached, pid_alive, wait_until
 
 CANCEL_DEFS = """
 def looping(name):
@@ -53,15 +55,11 @@ defs = Definitions(assets=[first, second, after, stubborn])
 """
 
 
-def test_cancel_stops_waiting_tasks_at_once_and_running_ones_on_acknowledgement(
-    scenario: ScenarioFactory,
-) -> None:
-    # A long grace period: the running task must stop because its worker acknowledged.
-    s = scenario(CANCEL_DEFS, settings={"cancel_grace_ms": 600_000})
+def _start_loopers(s: Scenario) -> tuple[str, dict[str, Any], str, str]:
+    """Start a run where one looper runs, the other waits as READY (max_concurrency=1) and
+    `after` is BLOCKED; returns the run id, the running looper's start line and both names."""
     run_id = s.trigger("*after", max_concurrency=1).run_id
-    wait_until(
-        lambda: bool(s.effects_of("first") or s.effects_of("second")), "a looper to start"
-    )
+    wait_until(lambda: bool(s.effects_of("first") or s.effects_of("second")), "a looper to start")
     (started,) = s.effects_of("first") + s.effects_of("second")
     running = started["asset"]
     waiting = "second" if running == "first" else "first"
@@ -69,6 +67,15 @@ def test_cancel_stops_waiting_tasks_at_once_and_running_ones_on_acknowledgement(
     assert tasks[running]["state"] == "RUNNING"
     assert tasks[waiting]["state"] == "READY"
     assert tasks["after"]["state"] == "BLOCKED"
+    return run_id, started, running, waiting
+
+
+def test_cancel_stops_waiting_tasks_at_once_and_running_ones_on_acknowledgement(
+    scenario: ScenarioFactory,
+) -> None:
+    # A long grace period: the running task must stop because its worker acknowledged.
+    s = scenario(CANCEL_DEFS, settings={"cancel_grace_ms": 600_000})
+    run_id, started, running, waiting = _start_loopers(s)
 
     result = cancel_run(s.ports, run_id, actor="user:test")
     assert (result.cancelled, result.signalled) == (2, 1)
@@ -120,3 +127,32 @@ def test_cancel_force_cancels_a_task_that_ignores_the_interrupt(
     wait_until(lambda: not pid_alive(started["pid"]), "the stubborn worker to be killed")
     assert s.effects_of("stubborn", "finished") == []
     assert s.materialized("stubborn") is None
+
+
+def test_a_cancel_interrupted_after_marking_the_run_is_finished_by_the_sweep(
+    scenario: ScenarioFactory,
+) -> None:
+    s = scenario(
+        CANCEL_DEFS,
+        crash=CrashOnce("cancel.after_run_marked"),
+        # The sweep takes over a cancel that has not finished its writes after this long.
+        settings={"cancel_grace_ms": 600_000, "stale_run_write_ms": 1_000},
+    )
+    run_id, _, running, waiting = _start_loopers(s)
+    with pytest.raises(CrashPointReached):
+        cancel_run(s.ports, run_id, actor="user:test")
+    # Nobody calls cancel again: the run is CANCELLING but its tasks were never told.
+    assert s.get_run(run_id)["state"] == "CANCELLING"
+    assert s.tasks(run_id)[waiting]["state"] == "READY"
+
+    run = s.wait(run_id)
+    assert run["state"] == "CANCELLED"
+    tasks = s.tasks(run_id)
+    assert {name: t["state"] for name, t in tasks.items()} == {
+        "first": "CANCELLED",
+        "second": "CANCELLED",
+        "after": "CANCELLED",
+    }
+    assert tasks[waiting]["reason"] == "cancelled: cancelled by system"
+    assert tasks[running]["last_event"] == "CANCELLED_BY_WORKER"
+    assert s.effects_of(waiting) == [] and s.effects_of("after") == []

@@ -147,9 +147,7 @@ def test_duplicate_and_late_completed_reports_change_nothing(scenario: ScenarioF
 
     run = s.wait(run_id)
     assert run["state"] == "SUCCEEDED"
-    succeeded = [
-        e for e in s.transitions(run_id, task_id) if e["data"]["to"] == "SUCCEEDED"
-    ]
+    succeeded = [e for e in s.transitions(run_id, task_id) if e["data"]["to"] == "SUCCEEDED"]
     assert [e["attempt"] for e in succeeded] == [2]
     duplicates = [
         e for e in s.events(run_id) if e["type"] == ev.TASK_DUPLICATE and e["task_id"] == task_id

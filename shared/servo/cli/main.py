@@ -383,64 +383,21 @@ def status(
     run_id: Annotated[str | None, typer.Argument(help="A run id; without it, recent runs.")] = None,
     limit: Annotated[int, typer.Option(help="How many recent runs.")] = 20,
     state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
+    asset: Annotated[
+        str | None, typer.Option(help="Only runs that materialize this asset.")
+    ] = None,
+    tag: Annotated[list[str], typer.Option("--tag", help="key=value (repeatable).")] = [],  # noqa: B006
+    since: Annotated[
+        str | None, typer.Option(help="Only runs created since: 2h, 7d, 2024-01-05.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a run (state, tasks, timings, attempts), or the recent runs."""
-    from servo.local import summarize
-    from servo.ports import Where
+    from servo.cli.assets import show_status
 
-    ws = _workspace(required=False)
-    if run_id:
-        try:
-            summary = summarize(ws.ports, run_id)
-        except ServoError as exc:
-            fail(str(exc))
-        if as_json:
-            render.print_json(summary)
-        else:
-            render.run_summary(summary)
-        raise typer.Exit(0 if summary["state"] == "SUCCEEDED" else 1)
-    where = [Where("state", "==", state.upper())] if state else []
-    rows = ws.ports.state.query("runs", where, order_by="created_ms")
-    runs = [d for _, d in rows][-limit:][::-1]
-    if as_json:
-        render.print_json(
-            [
-                {
-                    k: r.get(k)
-                    for k in (
-                        "run_id",
-                        "state",
-                        "run_key",
-                        "selection",
-                        "created_ms",
-                        "ended_ms",
-                        "task_count",
-                        "code_version",
-                    )
-                }
-                for r in runs
-            ]
-        )
-        return
-    if not runs:
-        render.console.print("No runs yet. Start one with `servo run SELECTION`.")
-        return
-    from rich.table import Table
-
-    table = Table(show_edge=False, pad_edge=False, box=None)
-    for col in ("run", "state", "selection", "tasks", "created", "duration"):
-        table.add_column(col)
-    for r in runs:
-        table.add_row(
-            r["run_id"],
-            render.styled(r["state"]),
-            r.get("selection") or "",
-            str(r.get("task_count")),
-            render.when(r.get("created_ms")),
-            render.duration(r.get("created_ms"), r.get("ended_ms")),
-        )
-    render.console.print(table)
+    show_status(
+        run_id, limit=limit, state=state, asset=asset, tags=tag, since=since, as_json=as_json
+    )
 
 
 @app.command()
@@ -494,30 +451,9 @@ def events(
     as_json: JsonOpt = False,
 ) -> None:
     """List every event of a run in causal order."""
-    from servo.control.drain import read_events
+    from servo.cli.assets import show_events
 
-    ws = _workspace(required=False)
-    evs = read_events(ws.ports, run_id=run_id)
-    if not evs:
-        fail(f"no events for run {run_id}; `servo status` lists recent runs")
-    if as_json:
-        render.print_json(evs)
-        return
-    for e in evs:
-        data = e.get("data") or {}
-        what = ""
-        if "to" in data:
-            what = f"{data.get('from')} -> {data.get('to')}  {data.get('reason') or ''}"
-        elif e["type"].endswith("materialized"):
-            what = f"{data.get('asset')} {data.get('partition') or ''} -> {data.get('output_path')}"
-        elif "reason" in data:
-            what = str(data["reason"])
-        subject = e.get("task_id") or ""
-        attempt = f"#{e['attempt']}" if e.get("attempt") else ""
-        render.console.print(
-            f"{e['time']}  {e['type']:<32} {subject}{attempt}  {what}  ({e.get('actor')})",
-            markup=False,
-        )
+    show_events(run_id, as_json)
 
 
 @app.command()
@@ -565,6 +501,16 @@ def dev(
     except ServoError as exc:
         fail(str(exc))
     serve(ws, host=host, port=port)
+
+
+def _register_subcommands() -> None:
+    from servo.cli.assets import admin_app, asset_app
+
+    app.add_typer(asset_app)
+    app.add_typer(admin_app)
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -4,9 +4,10 @@ One index-backed query finds the tasks whose ``due_at`` has passed, and the task
 what is due: a dispatch that was never started (re-dispatch), a worker that stopped
 heartbeating (a zombie: retry or fail), an attempt that ran past its timeout (FAILED with
 reason TIMEOUT), a retry whose delay is over (dispatch it), a cancelled task whose grace period
-is over (force-cancel). Then live runs are reconciled: unwritten runs are finished, released
-or skipped downstream tasks that a lost follow-up left BLOCKED are fixed, ready tasks are
-re-dispatched, and runs whose tasks are all terminal are finished.
+is over (force-cancel). Then live runs are reconciled: unwritten runs are finished, cancels
+that stopped part-way are completed, released or skipped downstream tasks that a lost
+follow-up left BLOCKED are fixed, ready tasks are re-dispatched, and runs whose tasks are all
+terminal are finished.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from servo.control.callback import finalize_run, follow_up, release_task, skip_downstream
+from servo.control.cancel import cancel_tasks
 from servo.control.common import (
     RUNS,
     SLOTS,
@@ -197,6 +199,15 @@ def _reconcile_runs(ports: Ports, settings: Settings, report: SweepReport, now: 
             if now - int(run.get("created_ms", now)) >= settings.stale_run_write_ms:
                 resume_unwritten_run(ports, run)
             continue
+        cancel_ms = run.get("cancel_requested_ms")
+        if (
+            run["state"] == "CANCELLING"
+            and cancel_ms is not None
+            and now - int(cancel_ms) >= settings.stale_run_write_ms
+        ):
+            # A cancel that crashed part-way (and was not retried) left tasks that were never
+            # cancelled; READY ones would wait forever, as a cancelling run dispatches nothing.
+            cancel_tasks(ports, run_id, "system", settings)
         live = ports.state.query(
             TASKS,
             [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import faulthandler
 import functools
 import itertools
 import logging
@@ -42,6 +43,10 @@ from servo.worker.envelope import Answer, Outcome, TaskEnvelope
 
 logger = logging.getLogger("servo.worker.pool")
 
+SWITCH_AFTER_S = 1.0
+"""How long the oldest envelope of a code version without workers may wait before an idle
+worker of another (still busy) version is replaced for it."""
+
 PoolHandler = Callable[[str, TaskEnvelope, Outcome | None], Answer]
 
 
@@ -55,6 +60,13 @@ class _Worker:
     current: TaskEnvelope | None = None
     gone: bool = False  # retired, killed or dead: its reports are no longer passed on
     reader: threading.Thread | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _Queued:
+    seq: int
+    since: float  # time.monotonic() at submission
+    envelope: TaskEnvelope
 
 
 def _matches(envelope: TaskEnvelope, run_id: str, task_id: str, attempt: int) -> bool:
@@ -96,16 +108,22 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when work ends or is dropped
         self._workers: list[_Worker] = []
-        self._backlog: deque[TaskEnvelope] = deque()
+        # Waiting envelopes by code version, each queue in submission order.
+        self._queues: dict[str, deque[_Queued]] = {}
+        self._queued = 0
+        self._seq = itertools.count()
         self._numbers = itertools.count(1)
         self._closed = False
-        self._spawn_error: Exception | None = None
         atexit.register(self.close)
 
     # -- public API ------------------------------------------------------------------------
 
     def submit(self, envelope: TaskEnvelope) -> None:
-        """Queue ``envelope`` for the next idle worker of its code version."""
+        """Queue ``envelope`` for the next idle worker of its code version.
+
+        Raises only when the pool is closed; a worker that cannot be started is logged and the
+        envelope keeps waiting.
+        """
         if not isinstance(envelope, TaskEnvelope):
             raise TypeError(
                 f"WorkerPool.submit needs a TaskEnvelope, got {type(envelope).__name__}"
@@ -113,15 +131,11 @@ class WorkerPool:
         with self._lock:
             if self._closed:
                 raise ServoError("the worker pool is closed; create a new WorkerPool")
-            self._backlog.append(envelope)
+            queue = self._queues.setdefault(envelope.code_version, deque())
+            queue.append(_Queued(next(self._seq), time.monotonic(), envelope))
+            self._queued += 1
             runs = self._dispatch_locked()
-            error, self._spawn_error = self._spawn_error, None
         self._send_runs(runs)
-        if error is not None and not runs:
-            raise ServoError(
-                f"cannot start a worker process for code version {envelope.code_version}: "
-                f"{error}; the envelope stays queued"
-            ) from error
 
     def cancel_attempt(self, run_id: str, task_id: str, attempt: int) -> bool:
         """Stop an attempt at once: drop it from the backlog, or kill the worker running it.
@@ -130,11 +144,15 @@ class WorkerPool:
         neither holds nor runs that attempt.
         """
         with self._lock:
-            for queued in self._backlog:
-                if _matches(queued, run_id, task_id, attempt):
-                    self._backlog.remove(queued)
-                    self._changed.notify_all()
-                    return True
+            for version, queue in self._queues.items():
+                for queued in queue:
+                    if _matches(queued.envelope, run_id, task_id, attempt):
+                        queue.remove(queued)
+                        if not queue:
+                            del self._queues[version]
+                        self._queued -= 1
+                        self._changed.notify_all()
+                        return True
             victim = next(
                 (
                     w
@@ -163,24 +181,18 @@ class WorkerPool:
     def backlog(self) -> int:
         """How many envelopes wait for a worker."""
         with self._lock:
-            return len(self._backlog)
+            return self._queued
 
     def idle(self) -> bool:
         """Whether nothing is queued or running."""
         with self._lock:
-            return not self._backlog and all(w.current is None for w in self._workers)
+            return self._idle_locked()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or running (or the pool is closed); False if
         ``timeout`` seconds passed first."""
         with self._changed:
-            return self._changed.wait_for(
-                lambda: (
-                    self._closed
-                    or (not self._backlog and all(w.current is None for w in self._workers))
-                ),
-                timeout,
-            )
+            return self._changed.wait_for(lambda: self._closed or self._idle_locked(), timeout)
 
     def close(self, timeout: float = 5) -> None:
         """Stop every worker (running attempts are terminated) and wait for them to exit."""
@@ -190,7 +202,8 @@ class WorkerPool:
             self._closed = True
             workers = list(self._workers)
             self._workers.clear()
-            self._backlog.clear()
+            self._queues.clear()
+            self._queued = 0
             for w in workers:
                 w.gone = True
             self._changed.notify_all()
@@ -217,43 +230,65 @@ class WorkerPool:
 
     # -- scheduling (call with the lock held) -----------------------------------------------
 
-    def _dispatch_locked(self) -> list[tuple[_Worker, TaskEnvelope]]:
-        """Assign queued envelopes to workers, in order; the caller sends them after unlocking.
+    def _idle_locked(self) -> bool:
+        return not self._queued and all(w.current is None for w in self._workers)
 
-        Stops at the first envelope that cannot be placed (every slot is busy). A worker that
-        cannot be started leaves its envelope queued and is recorded in ``_spawn_error``.
+    def _dispatch_locked(self) -> list[tuple[_Worker, TaskEnvelope]]:
+        """Assign waiting envelopes to workers; the caller sends them after unlocking.
+
+        The oldest waiting envelope goes to an idle worker of its code version, or to a new
+        worker while there are fewer than ``size``. When every slot is taken, an idle worker of
+        another version keeps serving its own version while that has work (replacing workers
+        back and forth would start a process per task when versions interleave), unless the
+        oldest envelope's version has no worker at all and has waited ``SWITCH_AFTER_S``. An
+        idle worker whose version has no work is replaced at once. When a worker cannot be
+        started the envelope keeps waiting (the next submission or finished attempt tries
+        again) and the error is logged.
         """
         runs: list[tuple[_Worker, TaskEnvelope]] = []
+        self._changed.notify_all()  # whatever called this changed what runs or waits
         if self._closed:
             return runs
-        while self._backlog:
-            envelope = self._backlog[0]
-            try:
-                worker = self._place_locked(envelope.code_version)
-            except Exception as exc:
-                self._spawn_error = exc
-                break
-            if worker is None:
-                break
-            self._backlog.popleft()
-            worker.current = envelope
-            runs.append((worker, envelope))
+        try:
+            while self._queued:
+                version, oldest = self._oldest_locked()
+                worker = next(
+                    (w for w in self._workers if w.current is None and w.code_version == version),
+                    None,
+                )
+                if worker is None and len(self._workers) < self._size:
+                    worker = self._spawn_locked(version)
+                if worker is not None:
+                    runs.append(self._take_locked(worker, version))
+                    continue
+                spare = next((w for w in self._workers if w.current is None), None)
+                if spare is None:
+                    break  # every worker is busy
+                starving = not any(w.code_version == version for w in self._workers) and (
+                    time.monotonic() - oldest.since >= SWITCH_AFTER_S
+                )
+                if spare.code_version in self._queues and not starving:
+                    runs.append(self._take_locked(spare, spare.code_version))
+                    continue
+                self._drop_locked(spare)
+                _signal_group(spare, signal.SIGKILL)  # idle: nothing is lost
+                runs.append(self._take_locked(self._spawn_locked(version), version))
+        except Exception:
+            logger.exception("starting a worker process failed; %d envelope(s) wait", self._queued)
         return runs
 
-    def _place_locked(self, code_version: str) -> _Worker | None:
-        spare: _Worker | None = None
-        for w in self._workers:
-            if w.current is None:
-                if w.code_version == code_version:
-                    return w
-                spare = spare or w
-        if len(self._workers) < self._size:
-            return self._spawn_locked(code_version)
-        if spare is not None:
-            self._drop_locked(spare)
-            _signal_group(spare, signal.SIGKILL)  # idle: nothing is lost
-            return self._spawn_locked(code_version)
-        return None
+    def _oldest_locked(self) -> tuple[str, _Queued]:
+        version = min(self._queues, key=lambda v: self._queues[v][0].seq)
+        return version, self._queues[version][0]
+
+    def _take_locked(self, worker: _Worker, version: str) -> tuple[_Worker, TaskEnvelope]:
+        queue = self._queues[version]
+        envelope = queue.popleft().envelope
+        if not queue:
+            del self._queues[version]
+        self._queued -= 1
+        worker.current = envelope
+        return worker, envelope
 
     def _drop_locked(self, worker: _Worker) -> None:
         worker.gone = True
@@ -302,11 +337,7 @@ class WorkerPool:
     def _dispatch_after_change(self) -> None:
         with self._lock:
             runs = self._dispatch_locked()
-            self._changed.notify_all()
-            error, self._spawn_error = self._spawn_error, None
         self._send_runs(runs)
-        if error is not None:
-            logger.error("starting a worker process failed (%s); the backlog waits", error)
 
     # -- one reader thread per worker -------------------------------------------------------
 
@@ -400,6 +431,13 @@ def _worker_main(
     with contextlib.suppress(OSError):
         os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # `kill -USR1 <worker>` dumps every thread's stack (into the running attempt's log).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Out of the terminal's foreground group, reading the terminal would stop the process.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
 
     from servo.adapters.embedded.blobs import FileBlobs
     from servo.worker.channel import ChannelLost, PipeChannel

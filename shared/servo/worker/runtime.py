@@ -746,10 +746,10 @@ def _execute_started(
     stopped_at: BaseException | None = None
     capture.start()
     try:
-        interrupter.arm()
-        _SUPERVISOR.watch(watch)
         try:
             try:
+                interrupter.arm()
+                _SUPERVISOR.watch(watch)
                 result = attempt.run()
             finally:
                 interrupter.disarm()
@@ -757,8 +757,8 @@ def _execute_started(
             interrupter.disarm()
             stopped_at = exc
     finally:
-        _SUPERVISOR.unwatch(watch)
         interrupter.disarm()
+        _SUPERVISOR.unwatch(watch)
         capture.stop()
     reason = interrupter.reason
     if reason is not None and (result is None or interrupter.raised):
