@@ -7,7 +7,7 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-SOURCES = ["shared", "tests", "functions", "bench", "examples"]
+SOURCES = ["shared", "tests", "functions", "bench", "examples", "emulators", "worker_image"]
 
 
 @nox.session

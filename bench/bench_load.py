@@ -33,6 +33,7 @@ def bench_load(work: Path, n_assets: int, times: int) -> dict[str, Any]:
         "manifest_bytes": phases[0]["manifest_bytes"],
         "load_s": median([m.wall_s for m in warm]),
         "load_cold_s": cold.wall_s,
+        "load_cpu_s": median([m.cpu_s for m in warm]),
         "import_servo_s": median([p["import_servo_s"] for p in phases]),
         "load_and_build_s": median([p["load_and_build_s"] for p in phases]),
         "write_manifest_s": median([p["write_manifest_s"] for p in phases]),

@@ -90,6 +90,7 @@ def _materialize(shape: ProjectShape, name: str, work: Path, times: int) -> dict
             "materialize_s": median([f["materialize_s"] for f in figures]),
             "ms_per_step": median([f["materialize_s"] for f in figures]) * 1000 / steps,
             "wall_ms_per_step": median([m.wall_s for m in runs]) * 1000 / steps,
+            "cpu_ms_per_step": median([m.cpu_s for m in runs]) * 1000 / steps,
             "peak_rss_mb": max(f["peak_rss_mb"] for f in figures),
         }
     return out
@@ -122,6 +123,7 @@ def measure_dagster(
         out["load"] = {
             "load_s": median([m.wall_s for m in warm]),
             "load_cold_s": cold.wall_s,
+            "load_cpu_s": median([m.cpu_s for m in warm]),
             "import_dagster_s": median([p["import_dagster_s"] for p in phases]),
             "import_project_s": median([p["import_project_s"] for p in phases]),
             "validate_loadable_s": median([p["validate_loadable_s"] for p in phases]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import threading
@@ -24,6 +25,7 @@ class Measured:
     """One finished command: how long it took, what it printed, and its tree's peak memory."""
 
     wall_s: float
+    cpu_s: float  # user + system time of the process and every descendant it waited for
     returncode: int
     stdout: str
     stderr: str
@@ -101,6 +103,9 @@ def run_measured(
     """Run ``argv`` to completion, timing it from spawn to exit."""
     peak = [0, 0]
     done = threading.Event()
+    # Commands run one at a time, so the growth of this process's children's rusage is the
+    # command's own CPU time: a figure that stays honest when the machine is busy.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(
         list(argv),
@@ -130,8 +135,11 @@ def run_measured(
             proc.communicate()
     if sample_memory:
         sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Measured(
         wall_s=wall,
+        cpu_s=cpu,
         returncode=proc.returncode,
         stdout=stdout,
         stderr=stderr,

@@ -94,6 +94,14 @@ def build_rows(servo: dict[str, Any], dagster: dict[str, Any] | None) -> list[Ro
             ),
             Row(
                 "load",
+                "same, CPU time of the process (user + system)",
+                "s",
+                s["load_cpu_s"],
+                None,
+                *_anchor(dagster, ("load", "load_cpu_s"), None),
+            ),
+            Row(
+                "load",
                 "`servo validate` vs `dagster definitions validate`",
                 "s",
                 s["validate_cli_s"],
@@ -131,11 +139,26 @@ def build_rows(servo: dict[str, Any], dagster: dict[str, Any] | None) -> list[Ro
             ),
             Row(
                 name,
+                f"  of which: run created -> first task started ({s['to_first_task_s']:.2f} s); "
+                "per task after that",
+                "ms",
+                s["after_first_task_ms_per_task"],
+            ),
+            Row(
+                name,
                 "end-to-end wall per task (CLI start-up, deploy) vs process wall per step",
                 "ms",
                 s["wall_ms_per_task"],
                 5.0,
                 *_anchor(dagster, (shape, "sqlite", "wall_ms_per_step"), None),
+            ),
+            Row(
+                name,
+                "CPU time per task, whole process tree vs materialize() process, sqlite",
+                "ms",
+                s["cpu_ms_per_task"],
+                None,
+                *_anchor(dagster, (shape, "sqlite", "cpu_ms_per_step"), None),
             ),
             Row(
                 name,
@@ -227,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     dagster: dict[str, Any] | None = None
     dagster_note = "not requested (--with-dagster measures it now)"
     started = time.time()
+    load_before = os.getloadavg()[0]
     for name in BENCHMARKS:
         if name not in selected:
             continue
@@ -254,9 +278,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             dagster_note = f"measured now with dagster {version}"
     rows = build_rows(servo, dagster)
+    load_after = os.getloadavg()[0]
     print()
     print_table(rows)
     print(f"\nDagster: {dagster_note}. Ratios below 1 mean Servo is faster (or smaller).")
+    cpus = os.cpu_count() or 1
+    print(f"Load average: {load_before:.2f} before, {load_after:.2f} after ({cpus} CPUs).")
+    if max(load_before, load_after) > cpus / 2:
+        print(
+            "warning: the machine was busy with other work; wall times are inflated "
+            "(the CPU-time rows are less affected)."
+        )
     results = {
         "meta": {
             "command": " ".join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
@@ -265,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
         },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "servo": servo,

@@ -222,10 +222,9 @@ def _rpc_status(outcome: Outcome) -> Any:
         return status_pb2.Status(code=code, message=outcome.error)
     if outcome.succeeded:
         return status_pb2.Status(code=0)
-    code = _HTTP_TO_RPC.get(outcome.status)
-    if code is None:
-        code = 13 if outcome.status >= 500 else 9 if outcome.status >= 400 else 2
-    return status_pb2.Status(code=code, message=f"HTTP status code {outcome.status}")
+    fallback = 13 if outcome.status >= 500 else 9 if outcome.status >= 400 else 2
+    mapped = _HTTP_TO_RPC.get(outcome.status, fallback)
+    return status_pb2.Status(code=mapped, message=f"HTTP status code {outcome.status}")
 
 
 def _b64(data: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from servo.control.sweep import sweep
 from servo.core.errors import ServoError
 from servo.ports import Doc, Ports
 from servo.projections.compaction import BackgroundCompaction
+from servo.telemetry import tracing
 from servo.worker.envelope import Answer, Outcome, TaskEnvelope
 from servo.worker.pool import WorkerPool
 
@@ -55,10 +56,14 @@ class LocalControlPlane:
     """Hosts the control services, the queue and the worker pool in this process."""
 
     def __init__(self, ports: Ports, home: Path, options: LocalOptions | None = None) -> None:
-        if not isinstance(ports.queue, InProcessQueue):
+        queue = tracing.unwrap(ports.queue)
+        if not isinstance(queue, InProcessQueue):
             raise ServoError("the local control plane needs the embedded in-process queue")
         self.ports = ports
-        self.queue: InProcessQueue = ports.queue
+        self.queue: InProcessQueue = queue
+        # With tracing on, every message enqueued carries the trace context of its sender.
+        ports.queue = tracing.propagating(queue)
+        self._attempt_spans: dict[tuple[str, str, int], Any] = {}
         self.home = Path(home)
         self.options = options or LocalOptions()
         settings = dict(ports.settings)
@@ -85,22 +90,48 @@ class LocalControlPlane:
 
     # Handlers -------------------------------------------------------------------------------
     def _on_dispatch(self, payload: Doc) -> None:
-        if payload.get("run_id"):
-            dispatch_run(self.ports, str(payload["run_id"]))
-        else:
-            dispatch_waiting(self.ports, payload.get("pool"))
+        attributes = {"servo.run_id": payload.get("run_id"), "servo.pool": payload.get("pool")}
+        with tracing.span("servo.dispatch", payload.get("trace"), attributes):
+            if payload.get("run_id"):
+                dispatch_run(self.ports, str(payload["run_id"]))
+            else:
+                dispatch_waiting(self.ports, payload.get("pool"))
 
     def _on_retry(self, payload: Doc) -> None:
-        retry_due(
-            self.ports, str(payload["run_id"]), str(payload["task_id"]), int(payload["attempt"])
-        )
+        with tracing.span("servo.retry", payload.get("trace"), {"servo.run_id": payload["run_id"]}):
+            retry_due(
+                self.ports,
+                str(payload["run_id"]),
+                str(payload["task_id"]),
+                int(payload["attempt"]),
+            )
 
     def _on_finalize(self, payload: Doc) -> None:
-        if finalize_run(self.ports, str(payload["run_id"])):
+        with tracing.span(
+            "servo.finalize", payload.get("trace"), {"servo.run_id": payload["run_id"]}
+        ):
+            finished = finalize_run(self.ports, str(payload["run_id"]))
+        if finished:
             self._notify()
 
     def _on_execute(self, payload: Doc) -> None:
-        self.pool.submit(TaskEnvelope.model_validate(payload))
+        envelope = TaskEnvelope.model_validate(payload)
+        # The attempt's span covers it from leaving the queue to its completed report.
+        attempt_span = tracing.start_span(
+            "servo.worker",
+            envelope.trace,
+            {
+                "servo.run_id": envelope.run_id,
+                "servo.task_id": envelope.task_id,
+                "servo.attempt": envelope.attempt,
+                "servo.asset": envelope.asset,
+                "servo.partition": envelope.partition,
+            },
+        )
+        if attempt_span is not None:
+            key = (envelope.run_id, envelope.task_id, envelope.attempt)
+            self._attempt_spans[key] = attempt_span
+        self.pool.submit(envelope)
 
     def _report(self, kind: str, envelope: TaskEnvelope, outcome: Outcome | None) -> Answer:
         report = Report(
@@ -111,8 +142,18 @@ class LocalControlPlane:
             token=envelope.token,
             outcome=outcome,
         )
-        answer = handle_report(self.ports, report)
+        key = (envelope.run_id, envelope.task_id, envelope.attempt)
+        attempt_span = self._attempt_spans.get(key)
+        if kind == "heartbeat" or not tracing.enabled():
+            answer = handle_report(self.ports, report)
+        else:
+            parent = tracing.carrier_of(attempt_span) or envelope.trace
+            with tracing.span(f"servo.callback.{kind}", parent, {"servo.run_id": report.run_id}):
+                answer = handle_report(self.ports, report)
         if kind == "completed":
+            if attempt_span is not None:
+                self._attempt_spans.pop(key, None)
+                attempt_span.end()
             self._notify()
         return answer
 

@@ -349,6 +349,7 @@ def test_stale_start_frees_the_worker(
 def test_close_leaves_no_processes_behind(
     store: FileBlobs, tmp_path: Path, plane: ControlPlane
 ) -> None:
+    before = set(children_of_this_process())  # other tests' helpers may be running
     pool = WorkerPool(2, store.root, tmp_path / "code-cache", plane, fsync=False)
     pid_file = tmp_path / "sleeper.pid"
     pool.submit(envelope(1, asset="sleeper", run_tags={"pid_file": str(pid_file)}))
@@ -358,7 +359,7 @@ def test_close_leaves_no_processes_behind(
 
     pool.close()
 
-    assert children_of_this_process() == []
+    assert set(children_of_this_process()) - before == set()
     wait_until(lambda: not pid_alive(child_pid), "the asset's subprocess to die")
     assert not pid_alive(worker_pid)
     assert "r1/t1/1" not in plane.completed()

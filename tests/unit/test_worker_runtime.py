@@ -7,6 +7,8 @@ control plane is a recording handler behind ``DirectChannel``.
 from __future__ import annotations
 
 import ctypes
+import io
+import json
 import os
 import pickle
 import signal
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,9 +27,11 @@ import pytest
 
 from servo import CheckResult, Definitions, Severity, asset, asset_check
 from servo.adapters.embedded.blobs import FileBlobs
+from servo.project import build_bundle
 from servo.sdk.context import AssetExecutionContext
 from servo.worker.capture import OutputCapture
 from servo.worker.channel import DirectChannel
+from servo.worker.code import CodeCache, CodeLoadError
 from servo.worker.envelope import (
     Answer,
     CheckRef,
@@ -666,6 +671,26 @@ def test_stdout_is_restored_after_the_attempt(
     assert "inside" not in out
 
 
+def test_streams_kept_by_an_asset_keep_working_afterwards(
+    blobs: FileBlobs, capfd: pytest.CaptureFixture[str]
+) -> None:
+    kept: list[Any] = []
+
+    @asset
+    def target() -> int:
+        kept.append(sys.stderr)
+        sys.stdout.buffer.write(b"bytes through the buffer\n")
+        return 1
+
+    env = envelope()
+    run(blobs, Definitions(assets=[target]), env)
+    assert "bytes through the buffer" in log_text(blobs, env)
+    kept[0].write("written after the attempt\n")
+    kept[0].flush()
+    assert "written after the attempt" in capfd.readouterr().err
+    assert "written after the attempt" not in log_text(blobs, env)
+
+
 def test_partial_log_is_published_while_the_asset_runs(blobs: FileBlobs) -> None:
     env = envelope(heartbeat_interval_ms=20)
     seen = []
@@ -701,3 +726,84 @@ def test_a_second_concurrent_capture_records_only_log_records() -> None:
     finally:
         first.close()
         second.close()
+
+
+# -- deployed code -------------------------------------------------------------------------------
+
+
+def deploy_module(blobs: FileBlobs, tmp_path: Path, code_version: str, value: str) -> None:
+    root = tmp_path / f"src-{code_version}"
+    (root / "runtime_demo_pkg").mkdir(parents=True)
+    (root / "runtime_demo_pkg" / "__init__.py").write_text("")
+    (root / "runtime_demo_pkg" / "defs.py").write_text(
+        "from servo import Definitions, asset\n\n"
+        "@asset\n"
+        f"def target():\n    return {value!r}\n\n"
+        "defs = Definitions(assets=[target])\n"
+    )
+    blobs.put(f"deployments/{code_version}/bundle.zip", build_bundle(root))
+    project = {"module": "runtime_demo_pkg.defs", "file": None, "name": "demo"}
+    blobs.put(f"deployments/{code_version}/project.json", json.dumps(project).encode())
+
+
+def test_code_cache_extracts_loads_and_switches_versions(blobs: FileBlobs, tmp_path: Path) -> None:
+    deploy_module(blobs, tmp_path, "v1", "one")
+    deploy_module(blobs, tmp_path, "v2", "two")
+    cache = CodeCache(blobs, tmp_path / "cache")
+    try:
+        first = cache.definitions("v1")
+        assert first.get_asset("target").fn() == "one"
+        assert cache.definitions("v1") is first
+        assert (tmp_path / "cache" / "v1" / "runtime_demo_pkg" / "defs.py").is_file()
+        second = cache.definitions("v2")
+        assert second.get_asset("target").fn() == "two"
+        assert str(tmp_path / "cache" / "v1") not in sys.path
+    finally:
+        for name in [m for m in sys.modules if m.startswith("runtime_demo_pkg")]:
+            del sys.modules[name]
+        for entry in [p for p in sys.path if p.startswith(str(tmp_path))]:
+            sys.path.remove(entry)
+
+
+def test_code_cache_runs_an_attempt_end_to_end(blobs: FileBlobs, tmp_path: Path) -> None:
+    deploy_module(blobs, tmp_path, "v7", "seven")
+    cache = CodeCache(blobs, tmp_path / "cache")
+    try:
+        env = envelope(code_version="v7")
+        outcome = execute(
+            env, DirectChannel(Recorder()), blobs, lambda: cache.definitions(env.code_version)
+        )
+        assert outcome.status == "succeeded", outcome.error
+        assert staged_value(blobs, outcome) == "seven"
+    finally:
+        for name in [m for m in sys.modules if m.startswith("runtime_demo_pkg")]:
+            del sys.modules[name]
+        for entry in [p for p in sys.path if p.startswith(str(tmp_path))]:
+            sys.path.remove(entry)
+
+
+def test_code_cache_errors_name_the_version(blobs: FileBlobs, tmp_path: Path) -> None:
+    cache = CodeCache(blobs, tmp_path / "cache")
+    with pytest.raises(CodeLoadError, match=r"v404.*deploy"):
+        cache.definitions("v404")
+    with pytest.raises(CodeLoadError, match="not valid"):
+        cache.definitions("../escape")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../outside.py", "x = 1\n")
+    blobs.put("deployments/evil/bundle.zip", buf.getvalue())
+    with pytest.raises(CodeLoadError, match="unsafe path"):
+        cache.definitions("evil")
+    assert not (tmp_path / "outside.py").exists()
+
+
+def test_malformed_envelope_is_reported_not_raised(blobs: FileBlobs) -> None:
+    @asset
+    def target(daily: int) -> int:
+        return daily
+
+    ref = InputRef(input_name="daily", asset="daily", partitions=["bad,key"], paths=["x"])
+    outcome, recorder = run(blobs, Definitions(assets=[target]), envelope(inputs=[ref]))
+    assert outcome.error is not None
+    assert outcome.error.kind == "infrastructure"
+    assert recorder.kinds() == ["started", "completed"]

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from servo.api.routes import route
+from servo.api.routes import TextResponse, route
 from servo.cli import render
 from servo.cli.workspace import Workspace
 from servo.local import LocalControlPlane
@@ -36,9 +36,10 @@ def make_handler(ws: Workspace) -> type[BaseHTTPRequestHandler]:
             self._send(status, data)
 
         def _send(self, status: int, data: Any) -> None:
-            raw = json.dumps(data, default=str).encode()
+            text = isinstance(data, TextResponse)
+            raw = str(data).encode() if text else json.dumps(data, default=str).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", data.content_type if text else "application/json")
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)

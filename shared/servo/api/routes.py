@@ -19,9 +19,15 @@ from servo.core.errors import (
     ServoError,
     TransientError,
 )
-from servo.ports import Ports, Where
+from servo.ports import Ports
 
 Response = tuple[int, Any]
+
+
+class TextResponse(str):
+    """A plain-text body (``GET /metrics``), sent as is instead of as JSON."""
+
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def error(status: int, message: str) -> Response:
@@ -61,6 +67,10 @@ def route(
     try:
         if parts == ["healthz"]:
             return 200, {"ok": True}
+        if parts == ["metrics"] and method == "GET":
+            from servo.telemetry.metrics import collect, prometheus_text
+
+            return 200, TextResponse(prometheus_text(collect(ports)))
         if parts[:1] != ["api"]:
             return error(404, f"no route for {method} {path}")
         rest = parts[1:]
@@ -69,11 +79,9 @@ def route(
         if rest == ["runs"] and method == "GET":
             return 200, _list_runs(ports, query)
         if len(rest) == 2 and rest[0] == "runs" and method == "GET":
-            from servo.local import summarize
+            from servo.projections.query import run_view
 
-            if ports.state.get("runs", rest[1]) is None:
-                raise NotFound(f"run {rest[1]} does not exist")
-            return 200, summarize(ports, rest[1])
+            return 200, run_view(ports, rest[1])
         if len(rest) == 3 and rest[0] == "runs" and rest[2] == "cancel" and method == "POST":
             from servo.control.cancel import cancel_run
 
@@ -87,13 +95,17 @@ def route(
                 "signalled": r.signalled,
             }
         if len(rest) == 3 and rest[0] == "runs" and rest[2] == "events" and method == "GET":
-            from servo.control.drain import read_events
+            from servo.projections.query import run_events
 
-            return 200, read_events(ports, run_id=rest[1])
+            return 200, run_events(ports, rest[1])
         if len(rest) == 3 and rest[0] == "runs" and rest[2] == "rerun" and method == "POST":
             return _rerun(ports, rest[1], decode_json(body), on_run_started)
         if rest == ["assets"] and method == "GET":
             return 200, _assets(ports)
+        if len(rest) >= 2 and rest[0] == "assets" and method == "GET":
+            from servo.projections.query import asset_view
+
+            return 200, asset_view(ports, "/".join(rest[1:]))
         if method not in ("GET", "POST"):
             return error(405, f"method {method} is not allowed on {path}")
         return error(404, f"no route for {method} {path}")
@@ -136,27 +148,30 @@ def _rerun(ports: Ports, run_id: str, data: Any, started: Callable[[str], None] 
 
 
 def _list_runs(ports: Ports, query: Mapping[str, str]) -> list[dict[str, Any]]:
-    where = []
-    if query.get("state"):
-        where.append(Where("state", "==", query["state"].upper()))
-    try:
-        limit = max(1, min(500, int(query.get("limit", "50"))))
-    except ValueError:
-        raise InvalidRequest("query parameter `limit` must be an integer") from None
-    rows = ports.state.query("runs", where, order_by="created_ms")
-    runs = [d for _, d in rows][-limit:][::-1]
-    keys = (
-        "run_id",
-        "state",
-        "run_key",
-        "selection",
-        "created_ms",
-        "ended_ms",
-        "task_count",
-        "code_version",
-        "trigger",
+    """``GET /api/runs?state=&asset=&tag=k=v,k2=v2&since_ms=&until_ms=&limit=``"""
+    from servo.projections.query import list_runs
+
+    def integer(name: str) -> int | None:
+        try:
+            return int(query[name]) if query.get(name) else None
+        except ValueError:
+            raise InvalidRequest(f"query parameter `{name}` must be an integer") from None
+
+    tags: dict[str, str] = {}
+    for item in filter(None, (query.get("tag") or "").split(",")):
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InvalidRequest(f"query parameter `tag` item {item!r} must be key=value")
+        tags[k] = v
+    return list_runs(
+        ports,
+        state=query.get("state") or None,
+        asset=query.get("asset") or None,
+        tags=tags,
+        since_ms=integer("since_ms"),
+        until_ms=integer("until_ms"),
+        limit=max(1, min(500, integer("limit") or 50)),
     )
-    return [{k: r.get(k) for k in keys} for r in runs]
 
 
 def _assets(ports: Ports) -> dict[str, Any]:

@@ -509,6 +509,12 @@ def _register_subcommands() -> None:
     app.add_typer(asset_app)
     app.add_typer(admin_app)
 
+    from servo.cli.automation import schedules_app, sensors_app, tick_command
+
+    app.add_typer(schedules_app, name="schedules")
+    app.add_typer(sensors_app, name="sensors")
+    app.command(name="tick")(tick_command)
+
 
 _register_subcommands()
 

@@ -3,20 +3,21 @@ settings, tick records, and turning a run request into a run idempotently."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from servo.control.common import RUN_KEYS
+from servo.control.common import LEDGER_HEADS, RUN_KEYS
 from servo.control.deploy import current_code_version, load_manifest
+from servo.control.drain import EVENTS_STREAM
 from servo.control.trigger import TriggerRequest, trigger
 from servo.core.canonical import sha256_hex
-from servo.core.errors import Conflict, InvalidRequest, ServoError
+from servo.core.errors import Conflict, ServoError
 from servo.core.manifest import Manifest
 from servo.core.planner import PartitionSelection
-from servo.ports import Doc, Ports
+from servo.ports import Doc, Ports, StateTxn
 from servo.worker.evaluate import Evaluator, shared_evaluator
 
 # Collections of the state store.
@@ -102,6 +103,15 @@ def current_manifest(ports: Ports) -> Manifest | None:
     return load_manifest(ports, cv) if cv is not None else None
 
 
+def ledger_head(ports: Ports) -> int:
+    """The sequence number of the last event segment the drain has committed (-1: none).
+
+    One document read, where listing the ledger would grow with its length.
+    """
+    head = ports.state.get(LEDGER_HEADS, EVENTS_STREAM)
+    return int(head["next_seq"]) - 1 if head else -1
+
+
 def run_key_doc_id(run_key: str) -> str:
     """The ``run_keys`` document of a run_key (as written by the trigger service)."""
     return "k" + sha256_hex(run_key)[:40]
@@ -171,5 +181,28 @@ def error_doc(message: str, traceback: str | None = None) -> Doc:
     return {"message": message, "traceback": traceback}
 
 
-def invalid(message: str) -> InvalidRequest:
-    return InvalidRequest(message)
+def read_many(
+    ports: Ports, collection: str, ids: Sequence[str], chunk: int = 400
+) -> dict[str, Doc]:
+    """The documents that exist among ``ids`` (read in consistent chunks)."""
+    found: dict[str, Doc] = {}
+    for start in range(0, len(ids), chunk):
+        part = list(ids[start : start + chunk])
+
+        def read(txn: StateTxn, part: list[str] = part) -> dict[str, Doc]:
+            return txn.get_many(collection, part)
+
+        found.update(ports.state.transact(read))
+    return found
+
+
+def keyed(base: str) -> Callable[[int | None, str | None], str]:
+    """Run keys under ``base``: the user's key appended, else the request's index (nothing
+    for a single request)."""
+
+    def make(index: int | None, user_key: str | None) -> str:
+        if user_key:
+            return f"{base}:{user_key}"
+        return base if index is None else f"{base}:{index}"
+
+    return make

@@ -129,7 +129,8 @@ class CronSchedule:
                 (n - before).replace(tzinfo=UTC)
                 for n in self._naive(self._wall(lo), self._wall(hi), False)
             ]
-        assert before is not None and after is not None
+        assert before is not None
+        assert after is not None
         margin = max(_MIN_MARGIN, abs(after - before) + timedelta(hours=1))
         instants: set[datetime] = set()
         for naive in self._naive(self._wall(lo) - margin, self._wall(hi) + margin, True):

@@ -44,6 +44,7 @@ from servo.control.automation_common import (
     from_ms,
     is_running,
     iso_utc,
+    read_many,
     request_run,
     resolve_evaluator,
     state_id,
@@ -61,7 +62,6 @@ from servo.worker.evaluate import EvaluationRequest, Evaluator, RequestedRun
 log = logging.getLogger("servo.tick")
 
 MISSED_COUNT_CAP = 10_000
-_READ_CHUNK = 400
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,7 @@ def tick(
     wanted = set(names) if names is not None else None
     states = {str(d.get("name")): d for _, d in ports.state.query(SCHEDULE_STATE)}
     due_work: list[tuple[ScheduleSpec, CronSchedule, list[datetime], int, Doc | None]] = []
+    unseen: list[str] = []
     for spec in manifest.schedules:
         if wanted is not None and spec.name not in wanted:
             continue
@@ -172,30 +173,60 @@ def tick(
         cursor = _cursor(state, at, settings)
         due = cron.last_ticks(cursor, at, max_catchup(spec, settings))
         if not due:
+            if state is None or state.get("cursor_ms") is None:
+                unseen.append(spec.name)
             continue
         missed = len(cron.ticks_between(cursor, due[0], limit=MISSED_COUNT_CAP + 1)) - 1
         due_work.append((spec, cron, due, missed, state))
+    if unseen:
+        _start_cursors(ports, unseen, at)
     if not due_work:
         return report
-    existing = _existing_ticks(ports, [tick_id(s.name, t) for s, _, due, _, _ in due_work for t in due])
+    existing = read_many(
+        ports, TICKS, [tick_id(s.name, t) for s, _, due, _, _ in due_work for t in due]
+    )
     runner = _TickRunner(ports, manifest, at, evaluator)
     for spec, cron, due, missed, state in due_work:
         report.outcomes.extend(runner.run_schedule(spec, cron, due, missed, state, existing))
     return report
 
 
+def _start_cursors(ports: Ports, names: Sequence[str], at: datetime) -> None:
+    """Store the cursor of schedules seen for the first time, so that their first tick is
+    found however long the next evaluation takes to come."""
+    for start in range(0, len(names), 200):
+        chunk = list(names[start : start + 200])
+
+        def body(uow: UnitOfWork, chunk: list[str] = chunk) -> None:
+            ids = [state_id(n) for n in chunk]
+            found = uow.get_many(SCHEDULE_STATE, ids)
+            for name, sid in zip(chunk, ids, strict=True):
+                doc = found.get(sid)
+                if doc is None:
+                    uow.create(
+                        SCHEDULE_STATE,
+                        sid,
+                        {
+                            "name": name,
+                            "status": None,
+                            "cursor_ms": to_ms(at),
+                            "last_tick_id": None,
+                            "last_partition": None,
+                            "updated_ms": uow.now_ms,
+                        },
+                    )
+                elif doc.get("cursor_ms") is None:
+                    uow.update(
+                        SCHEDULE_STATE, sid, {"cursor_ms": to_ms(at), "updated_ms": uow.now_ms}
+                    )
+
+        in_uow(ports, Cause(source="servo/tick"), body)
+
+
 def _cursor(state: Doc | None, at: datetime, settings: AutomationSettings) -> datetime:
     if state is not None and state.get("cursor_ms") is not None:
         return from_ms(int(state["cursor_ms"]))
     return at - timedelta(seconds=settings.schedule_new_lookback_s)
-
-
-def _existing_ticks(ports: Ports, ids: Sequence[str]) -> dict[str, Doc]:
-    found: dict[str, Doc] = {}
-    for start in range(0, len(ids), _READ_CHUNK):
-        chunk = list(ids[start : start + _READ_CHUNK])
-        found.update(ports.state.transact(lambda txn, chunk=chunk: txn.get_many(TICKS, chunk)))
-    return found
 
 
 class _TickRunner:
@@ -316,7 +347,9 @@ class _TickRunner:
             if result.error is not None or outcome is None:
                 doc.update(
                     status=FAILED,
-                    error=error_doc(result.error or "the evaluation returned nothing", result.traceback),
+                    error=error_doc(
+                        result.error or "the evaluation returned nothing", result.traceback
+                    ),
                 )
                 return doc
             if outcome.error is not None:
@@ -329,7 +362,9 @@ class _TickRunner:
                 )
                 return doc
             requests = [
-                r if r.partition_key or not partitioned else r.model_copy(update={"partition_key": key})
+                r
+                if r.partition_key or not partitioned
+                else r.model_copy(update={"partition_key": key})
                 for r in outcome.requests
             ]
         else:
@@ -449,7 +484,9 @@ class _TickRunner:
 
     # -- recording -----------------------------------------------------------------------------
 
-    def _record(self, spec: ScheduleSpec, records: list[Doc], reached: datetime) -> list[TickOutcome]:
+    def _record(
+        self, spec: ScheduleSpec, records: list[Doc], reached: datetime
+    ) -> list[TickOutcome]:
         sid = state_id(spec.name)
         cursor_ms = to_ms(reached)
 
@@ -482,7 +519,9 @@ class _TickRunner:
                     last_partition = record["partition"]
             fields = {
                 "cursor_ms": max(cursor_ms, int((state or {}).get("cursor_ms") or 0)),
-                "last_tick_id": records[-1]["tick_id"] if records else (state or {}).get("last_tick_id"),
+                "last_tick_id": records[-1]["tick_id"]
+                if records
+                else (state or {}).get("last_tick_id"),
                 "last_partition": last_partition,
                 "updated_ms": uow.now_ms,
             }
@@ -524,7 +563,9 @@ def _schedule_spec(manifest: Manifest | None, name: str) -> ScheduleSpec:
         if spec.name == name:
             return spec
     known = ", ".join(s.name for s in manifest.schedules) or "none"
-    raise NotFound(f"schedule `{name}` is not defined in the current deployment (schedules: {known})")
+    raise NotFound(
+        f"schedule `{name}` is not defined in the current deployment (schedules: {known})"
+    )
 
 
 def schedule_statuses(ports: Ports, now: datetime | None = None) -> list[ScheduleStatus]:
@@ -544,7 +585,11 @@ def schedule_statuses(ports: Ports, now: datetime | None = None) -> list[Schedul
         if running:
             nxt = cron_schedule(spec.cron, spec.timezone).next_tick(max(at, cursor or at))
             next_tick = iso_utc(nxt) if nxt else None
-        last = ports.state.get(TICKS, state["last_tick_id"]) if state and state.get("last_tick_id") else None
+        last = (
+            ports.state.get(TICKS, state["last_tick_id"])
+            if state and state.get("last_tick_id")
+            else None
+        )
         out.append(
             ScheduleStatus(
                 name=spec.name,

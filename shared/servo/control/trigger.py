@@ -36,6 +36,7 @@ from servo.core.planner import PartitionSelection, Plan, PlannedTask, plan_run, 
 from servo.core.selection import parse_selection, resolve_selection
 from servo.core.statemachine import RunState, TaskState
 from servo.ports import Doc, Ports
+from servo.telemetry.tracing import traced
 
 TASK_BATCH = 200
 TRIGGER_TYPES = ("manual", "schedule", "sensor", "backfill", "rerun", "automation", "api")
@@ -201,6 +202,7 @@ def request_hash(req: TriggerRequest, plan: Plan) -> str:
     )[:32]
 
 
+@traced("servo.trigger")
 def trigger(ports: Ports, req: TriggerRequest) -> TriggerResult:
     """Create (or find) the run for ``req`` and make its first tasks dispatchable."""
     code_version = req.code_version or current_code_version(ports)

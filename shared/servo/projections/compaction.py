@@ -431,6 +431,9 @@ class Compactor:
         base = previous or Pointer()
         events_before, logs_before = self._cutoffs(base, now_ms)
         tables, stats = self.fold_ledger(con, upto, events_before)
+        if logs_before is not None:
+            expiring = Pointer(logs_before_ms=logs_before)
+            result.logs_deleted += self._expire_logs(con, Pointer(), expiring, tables)
         published = self.publish_tables(
             tables, previous, generation, upto, events_before, logs_before, stats, now_ms
         )

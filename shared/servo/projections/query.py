@@ -412,14 +412,14 @@ def partition_status(
         declared = _declared_partitions(ports, asset)
     if declared:
         seen = {row["partition"] for row in rows}
-        from servo.projections.fold import _NAMES
+        from servo.projections.fold import partition_user
 
         for canonical in declared:
             if canonical not in seen:
                 rows.append(
                     {
                         "partition": canonical,
-                        "partition_user": _NAMES.user(canonical),
+                        "partition_user": partition_user(canonical),
                         "status": "MISSING",
                     }
                 )

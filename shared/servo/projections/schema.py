@@ -48,13 +48,16 @@ DATA_VERSIONS: dict[str, int] = {
     ev.CHECK_EVALUATED: 1,
     ev.DEPLOYED: 1,
     ev.RUN_KEY_HIT: 1,
+    "servo.schedule.ticked": 1,
+    "servo.sensor.ticked": 1,
 }
 
 FAILURE_EVENTS = frozenset({"FAIL", "EXECUTION_TIMEOUT", "HEARTBEAT_TIMEOUT"})
 
 
-def _task_state_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
-    # v1 recorded only the first line of a failure, as the reason.
+def upcast_task_state(data: dict[str, Any]) -> dict[str, Any]:
+    """``servo.task.state_changed`` data v1 -> v2 (v1 recorded only the first line of a
+    failure, as the reason, and no run time)."""
     out = dict(data)
     if "error" not in out:
         out["error"] = out.get("reason") if out.get("event") in FAILURE_EVENTS else None
@@ -69,11 +72,11 @@ def input_ref(item: Any) -> dict[str, Any] | None:
         asset, sep, partition = item.partition("|")
         return {"asset": asset, "partition": partition if sep else None, "output_path": None}
     if isinstance(item, Mapping) and isinstance(item.get("asset"), str):
-        partition = item.get("partition")
+        part = item.get("partition")
         path = item.get("output_path", item.get("path"))
         return {
             "asset": item["asset"],
-            "partition": partition if isinstance(partition, str) else None,
+            "partition": part if isinstance(part, str) else None,
             "output_path": path if isinstance(path, str) else None,
         }
     return None
@@ -90,7 +93,7 @@ def _materialization_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
 
 # (type, from_version) -> function from that version's data to the next version's data.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
-    (ev.TASK_STATE, 1): _task_state_1_to_2,
+    (ev.TASK_STATE, 1): upcast_task_state,
     (ev.MATERIALIZATION, 1): _materialization_1_to_2,
 }
 

@@ -186,11 +186,16 @@ class ProjectionStore:
 
     def write(self, spec: TableSpec, table: pa.Table, path: str, level: int) -> FileRef:
         buffer = io.BytesIO()
+        # Statistics only where they prune row groups (keys, sort order, time), and no
+        # embedded Arrow schema (readers cast to the table's spec): small files stay small.
+        pruning = sorted({*spec.key, *spec.sort, "time_ms"} & set(spec.column_names))
         pq.write_table(
             table.cast(spec.schema),
             buffer,
             compression="zstd",
             row_group_size=ROW_GROUP_ROWS,
+            store_schema=False,
+            write_statistics=pruning,
         )
         data = buffer.getvalue()
         self.blobs.put(path, data, if_generation=0)

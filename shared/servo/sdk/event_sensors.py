@@ -174,9 +174,7 @@ def pubsub_sensor(
         fn=fn,
         target=target,
         minimum_interval_seconds=1,
-        description=description
-        if description is not None or fn is None
-        else inspect.getdoc(fn),
+        description=description if description is not None or fn is None else inspect.getdoc(fn),
         default_status=default_status,
         kind=KIND_PUBSUB,
         config={
@@ -215,7 +213,9 @@ def run_status_sensor(
     """
     if fn is not None and not callable(fn):
         raise DefinitionError(f"run_status_sensor: fn must be a function, not {fn!r}")
-    sensor_name = _name(name or (getattr(fn, "__name__", None) if fn else None), "run_status_sensor")
+    sensor_name = _name(
+        name or (getattr(fn, "__name__", None) if fn else None), "run_status_sensor"
+    )
     wanted = list(statuses)
     unknown = [s for s in wanted if s not in RUN_STATUSES]
     if not wanted or unknown:
@@ -242,9 +242,7 @@ def run_status_sensor(
         fn=fn,
         target=target,
         minimum_interval_seconds=minimum_interval_seconds,
-        description=description
-        if description is not None or fn is None
-        else inspect.getdoc(fn),
+        description=description if description is not None or fn is None else inspect.getdoc(fn),
         default_status=default_status,
         kind=KIND_RUN_STATUS,
         config={

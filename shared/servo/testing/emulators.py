@@ -271,16 +271,6 @@ def _alive(record: RunningService) -> bool:
     )
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _ready(service: str, port: int, log: Path) -> bool:
     if service == "tasks":
         try:
@@ -452,7 +442,9 @@ class Emulators:
             while time.monotonic() < deadline:
                 if child is not None:
                     child.poll()  # reaps our own child, which would otherwise stay a zombie
-                if not _group_alive(pid):
+                if _start_ticks(pid) is None:  # the leader is gone (or a zombie nobody reaps)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)  # and so is anything it left behind
                     return
                 time.sleep(_POLL_S)
 

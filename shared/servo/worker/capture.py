@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 from types import TracebackType
-from typing import TextIO
+from typing import TextIO, cast
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s - %(message)s"
@@ -73,6 +73,75 @@ class _RecordHandler(logging.Handler):
             self.handleError(record)
 
 
+class _CaptureBuffer:
+    """The ``.buffer`` of a :class:`_CaptureStream`, for code that writes bytes."""
+
+    def __init__(self, stream: _CaptureStream) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        return self._stream.write_bytes(bytes(data))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+
+class _CaptureStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` during an attempt.
+
+    Code that keeps a reference to it beyond the attempt (``logging.basicConfig()`` called by
+    an asset) would otherwise write into a closed file; after :meth:`release` it forwards to
+    the stream it replaced.
+    """
+
+    def __init__(self, fd: int, replaced: TextIO) -> None:
+        super().__init__()
+        self._fd: int | None = fd
+        self._replaced = replaced
+        self.buffer = _CaptureBuffer(self)
+
+    def release(self) -> None:
+        self._fd = None
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # read-only in io.TextIOBase too
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False if self._fd is not None else self._replaced.isatty()
+
+    def fileno(self) -> int:
+        return self._fd if self._fd is not None else self._replaced.fileno()
+
+    def write(self, text: str) -> int:
+        fd = self._fd
+        if fd is None:
+            return self._replaced.write(text)
+        _write_all(fd, text.encode("utf-8", "backslashreplace"))
+        return len(text)
+
+    def write_bytes(self, data: bytes) -> int:
+        fd = self._fd
+        if fd is None:
+            replaced_buffer = getattr(self._replaced, "buffer", None)
+            if replaced_buffer is not None:
+                return int(replaced_buffer.write(data))
+            self._replaced.write(data.decode("utf-8", "replace"))
+            return len(data)
+        _write_all(fd, data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._fd is None:
+            self._replaced.flush()
+
+
 class OutputCapture:
     """Collects what one attempt writes, from :meth:`start` to :meth:`stop`.
 
@@ -89,7 +158,7 @@ class OutputCapture:
         self._owns_fds = False
         self._saved_fds: list[tuple[int, int]] = []
         self._saved_streams: tuple[TextIO, TextIO] | None = None
-        self._stream: io.TextIOWrapper | None = None
+        self._streams: list[_CaptureStream] = []
         self._started = False
         self._closed = False
         self.redirected = False
@@ -149,13 +218,9 @@ class OutputCapture:
             os.dup2(self._fd, target)
             self._saved_fds.append((target, saved))
         self._saved_streams = (sys.stdout, sys.stderr)
-        self._stream = io.TextIOWrapper(
-            io.FileIO(self._fd, "wb", closefd=False),
-            encoding="utf-8",
-            errors="backslashreplace",
-            write_through=True,
-        )
-        sys.stdout = sys.stderr = self._stream
+        self._streams = [_CaptureStream(self._fd, s) for s in self._saved_streams]
+        sys.stdout = cast(TextIO, self._streams[0])
+        sys.stderr = cast(TextIO, self._streams[1])
         self.redirected = True
 
     def stop(self) -> None:
@@ -164,9 +229,6 @@ class OutputCapture:
             return
         self._owns_fds = False
         try:
-            if self._stream is not None:
-                with contextlib.suppress(Exception):
-                    self._stream.flush()
             if self._saved_streams is not None:
                 # Objects that kept a reference to the original streams may still buffer text
                 # written during the attempt; flush it while it still lands in the capture.
@@ -180,10 +242,9 @@ class OutputCapture:
                 os.dup2(saved, target)
                 os.close(saved)
             self._saved_fds = []
-            if self._stream is not None:
-                with contextlib.suppress(Exception):
-                    self._stream.detach()
-                self._stream = None
+            for capturing in self._streams:
+                capturing.release()
+            self._streams = []
         finally:
             _FD_OWNER.release()
 

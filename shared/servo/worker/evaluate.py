@@ -188,7 +188,9 @@ def _outcome(owner: str, value: Any, *, keys_allowed: bool) -> ItemOutcome:
     skips = [i.message or "skipped" for i in items if isinstance(i, SkipReason)]
     runs = [_requested(owner, i) for i in items if isinstance(i, RunRequest)]
     if skips and runs:
-        raise TypeError(f"{owner} returned both RunRequests and a SkipReason; return one or the other")
+        raise TypeError(
+            f"{owner} returned both RunRequests and a SkipReason; return one or the other"
+        )
     return ItemOutcome(requests=runs, skip_reason="; ".join(skips) if skips else None)
 
 

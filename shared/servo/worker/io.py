@@ -27,7 +27,11 @@ class SerializationError(ServoError):
 class IOManager(Protocol):
     """Stores asset values: ``stage`` writes a task's output, ``load`` reads a committed one.
 
-    Set one for an asset with ``@asset(io_manager="name")`` and
+    ``load`` is only ever given paths of *committed* outputs (the control plane commits a
+    staged output after its attempt succeeded), so an implementation needs no protection
+    against reading a failed or partial attempt.
+
+    Give an asset its own with ``@asset(io_manager="name")`` and
     ``Definitions(resources={"name": MyIOManager(...)})``.
     """
 

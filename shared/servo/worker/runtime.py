@@ -206,13 +206,14 @@ class _Watch:
     interval: float
     next_beat: float
     deadline: float | None
-    lost_error: BaseException | None = None
 
 
 class _Supervisor:
     """Sends heartbeats and enforces timeouts for the attempts running in this process.
 
-    A single daemon thread serves every attempt, so running a task starts no thread.
+    A single daemon thread serves every attempt, so running a task starts no thread. While
+    it waits for a heartbeat's answer it enforces no deadline; with one attempt per worker
+    process that only delays a timeout by the time the control plane takes to answer.
     """
 
     def __init__(self) -> None:
@@ -278,10 +279,9 @@ def _beat(watch: _Watch) -> None:
         watch.flush_log()
     try:
         answer = watch.channel.heartbeat(watch.envelope)
-    except Exception as exc:
+    except Exception:
         # The control plane is unreachable this time; the next heartbeat tries again, and the
         # control plane's own heartbeat timeout covers a worker that stays cut off.
-        watch.lost_error = exc
         return
     if answer.cancel or not answer.accepted:
         watch.interrupter.fire("cancelled")
@@ -467,6 +467,17 @@ class _Attempt:
             )
         except _UserError as exc:
             return _Result(exc.error)
+        except Exception as exc:
+            # A malformed envelope or a fault in Servo itself: report it rather than vanish.
+            return _Result(
+                TaskError(
+                    kind="infrastructure",
+                    message=f"running task {self.envelope.task_id} failed inside Servo: "
+                    f"{_describe(exc)}",
+                    retryable=True,
+                    traceback="".join(traceback.format_exception(exc)),
+                )
+            )
 
     def _run(self) -> _Result:
         env = self.envelope

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
+import grpc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, tasks_v2
 from google.cloud.pubsub_v1 import PublisherClient

@@ -17,12 +17,12 @@ Transactions
     documents until it commits, and two transactions that read one document and then write it
     wait for each other. Production Firestore resolves that quickly by aborting one; the
     emulator only after a 2 s lock timeout. So that transactions of one process never end up
-    in that embrace, each store also takes an in-process lock on every document a transaction
-    reads or writes, before Firestore sees the request, using the *wait-die* rule: an older
-    transaction waits for a younger one, a younger one gives up at once, releases what it
-    holds and starts again (keeping its age, so it cannot starve). Transactions of one process
-    on one document therefore queue instead of deadlocking; contention between processes is
-    still resolved by Firestore.
+    in that embrace, stores sharing a Firestore client also take an in-process lock on every
+    document a transaction reads or writes, before Firestore sees the request. The locks
+    follow the *wait-die* rule: an older transaction waits for a younger one, a younger one
+    gives up at once, releases what it holds and starts again, keeping its age so that it
+    cannot starve. Transactions of one process on one document therefore queue instead of
+    deadlocking; contention between processes is still resolved by Firestore.
 
 Documents
     Values are JSON-compatible: str, int (64-bit), float, bool, None, lists and dicts. Two
@@ -689,9 +689,11 @@ class FirestoreStateStore:
                 finally:
                     txn.close()
                     self._locks.release_all(owner)
+                if attempt + 1 == max_attempts:
+                    break
                 if gave_way_to is not None:
                     self._locks.wait_released(gave_way_to)
-                elif attempt + 1 < max_attempts:
+                else:
                     time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
         finally:
             self._local.active = False

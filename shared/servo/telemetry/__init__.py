@@ -1,0 +1,1 @@
+"""Observability: OpenTelemetry traces (:mod:`.tracing`) and metrics (:mod:`.metrics`)."""
