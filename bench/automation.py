@@ -169,8 +169,10 @@ def bench_worker_evaluation(work: Path, times: int) -> dict[str, Any]:
         warm: list[float] = []
         for _ in range(times):
             began = time.perf_counter()
-            pool.evaluate(request)
+            answer = pool.evaluate(request)
             warm.append((time.perf_counter() - began) * 1000)
+            assert answer.error is None, answer.error
+            assert answer.outcomes[0].error is None, answer.outcomes[0].error
     finally:
         pool.close()
     return {

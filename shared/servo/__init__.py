@@ -39,6 +39,20 @@ from servo.sdk.assets import (
 from servo.sdk.checks import AssetCheckDefinition, CheckResult, Severity, asset_check
 from servo.sdk.context import AssetExecutionContext
 from servo.sdk.definitions import Definitions
+from servo.sdk.evaluation_context import (
+    PubSubMessage,
+    PubSubSensorContext,
+    RunStatusChange,
+    RunStatusSensorContext,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+)
+from servo.sdk.event_sensors import (
+    gcs_object_notification,
+    gcs_sensor,
+    pubsub_sensor,
+    run_status_sensor,
+)
 from servo.sdk.schedules import (
     DefaultStatus,
     RunRequest,
@@ -79,10 +93,16 @@ __all__ = [
     "PartitionKey",
     "PartitionMapping",
     "PartitionsDefinition",
+    "PubSubMessage",
+    "PubSubSensorContext",
     "RetryPolicy",
     "RunRequest",
+    "RunStatusChange",
+    "RunStatusSensorContext",
     "ScheduleDefinition",
+    "ScheduleEvaluationContext",
     "SensorDefinition",
+    "SensorEvaluationContext",
     "ServoError",
     "Severity",
     "SkipReason",
@@ -94,6 +114,10 @@ __all__ = [
     "WeeklyPartitionsDefinition",
     "asset",
     "asset_check",
+    "gcs_object_notification",
+    "gcs_sensor",
+    "pubsub_sensor",
+    "run_status_sensor",
     "schedule",
     "sensor",
 ]

@@ -14,6 +14,7 @@ from servo.api.routes import TextResponse, route
 from servo.cli import render
 from servo.cli.workspace import Workspace
 from servo.local import LocalControlPlane
+from servo.local_automation import LocalAutomation
 
 MAX_BODY = 1 << 20
 
@@ -72,7 +73,7 @@ def serve(ws: Workspace, host: str = "127.0.0.1", port: int = 3000) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with LocalControlPlane(ws.ports, ws.home):
+    with LocalControlPlane(ws.ports, ws.home), LocalAutomation(ws.ports, ws.home):
         render.console.print(f"servo dev: API on {address} (Ctrl-C to stop)")
         try:
             httpd.serve_forever(poll_interval=0.2)

@@ -282,7 +282,7 @@ def admin_rebuild(
         for col in ("table", "version", "published", "rebuilt", "result"):
             table.add_column(col)
         for t in report.tables:
-            result = "[green]equal[/green]" if t.equal else f"[red]{escape(t.problem or '')}[/red]"
+            result = "[green]equal[/green]" if t.equal else "[red]differs[/red]"
             table.add_row(
                 t.name,
                 f"v{t.version}",
@@ -291,6 +291,9 @@ def admin_rebuild(
                 result,
             )
         render.console.print(table)
+        for t in report.tables:
+            if t.problem:
+                render.console.print(f"  {t.name}: {t.problem}", markup=False)
         if report.equal:
             verdict = "the published projections equal the ledger's fold"
         elif report.repaired:

@@ -105,13 +105,24 @@ def current_code_version(ports: Ports) -> str | None:
     return str(doc["code_version"]) if doc else None
 
 
-_MANIFESTS: dict[tuple[int, str], Manifest] = {}
+_MANIFESTS: dict[tuple[str, str], Manifest] = {}
 _LOCK = threading.Lock()
+
+
+def _blobs_identity(ports: Ports) -> str:
+    """What identifies a blob store across Ports objects (its root or bucket and prefix)."""
+    blobs = ports.blobs
+    for attr in ("root", "bucket_name", "bucket"):
+        value = getattr(blobs, attr, None)
+        if value is not None:
+            prefix = getattr(blobs, "prefix", "")
+            return f"{type(blobs).__name__}:{getattr(value, 'name', value)}/{prefix}"
+    return f"{type(blobs).__name__}:{id(blobs)}"
 
 
 def load_manifest(ports: Ports, code_version: str) -> Manifest:
     """The manifest of a deployed code version (cached: deployments are immutable)."""
-    key = (id(ports.blobs), code_version)
+    key = (_blobs_identity(ports), code_version)
     with _LOCK:
         found = _MANIFESTS.get(key)
     if found is not None:

@@ -174,13 +174,17 @@ class Compactor:
 
     # -- public ---------------------------------------------------------------------------
 
-    def compact(self, *, max_steps: int = 1_000) -> CompactionResult:
-        """Fold everything waiting in the ledger (in steps of ``max_segments``), merge, collect."""
+    def compact(
+        self, *, max_steps: int = 1_000, stop: threading.Event | None = None
+    ) -> CompactionResult:
+        """Fold everything waiting in the ledger (in steps of ``max_segments``), merge, collect.
+
+        ``stop`` ends the work between two steps (each step is published on its own)."""
         result = CompactionResult()
         con = duckdb.connect()
         try:
             for _ in range(max_steps):
-                if not self._step(con, result):
+                if (stop is not None and stop.is_set()) or not self._step(con, result):
                     break
         finally:
             con.close()
@@ -545,7 +549,7 @@ class CompactionSchedule:
         self.compactor = Compactor(ports, settings)
         self._last = 0.0
 
-    def maybe_compact(self) -> CompactionResult | None:
+    def maybe_compact(self, stop: threading.Event | None = None) -> CompactionResult | None:
         """Compact if it is due; returns what was done, or None."""
         settings = self.compactor.settings
         lag = self.compactor.lag_segments()
@@ -556,7 +560,7 @@ class CompactionSchedule:
         if lag < settings.trigger_segments and not due:
             return None
         self._last = now
-        return self.compactor.compact()
+        return self.compactor.compact(stop=stop)
 
 
 def outbox_events(ports: Ports) -> list[Doc]:
@@ -597,7 +601,7 @@ class BackgroundCompaction:
         log = logging.getLogger("servo.projections")
         while not self._stop.is_set():
             try:
-                result = self.schedule.maybe_compact()
+                result = self.schedule.maybe_compact(self._stop)
                 if result is not None:
                     self.last_result = result
                     self.last_error = None

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from servo.control.common import RUNS, TASKS
 from servo.control.drain import EVENTS_STREAM
@@ -24,7 +23,7 @@ from servo.core.errors import InvalidRequest, NotFound, ServoError
 from servo.core.events import ms_to_iso
 from servo.ports import Ports, Where
 from servo.projections.compaction import CompactionSettings, Compactor, outbox_events
-from servo.projections.fold import contributions, fold_tables, merge_sql
+from servo.projections.fold import CONTRIBUTIONS, contributions, merge_sql, staging_view_sql
 from servo.projections.schema import TABLE_SPECS
 from servo.projections.store import Pointer, ProjectionStore
 
@@ -69,13 +68,18 @@ class ProjectionReader:
             Compactor(ports, CompactionSettings.of(ports), stream=stream).compact()
             pointer, _ = self.store.load_pointer()
         self.pointer = pointer or Pointer()
-        self.tail: dict[str, pa.Table] = {}
+        # The tail is staged once; each table's rows are derived from it only if a query
+        # asks for that table.
+        self._tail: str | None = None
         if live:
             segments = ports.ledger.read(stream, after_seq=self.pointer.watermark)
             events = [e for s in segments for e in s.events]
             events.extend(outbox_events(ports))
-            if events:
-                self.tail = fold_tables(self.con, contributions(events))
+            staging = contributions(events).staging() if events else None
+            if staging is not None and staging.num_rows:
+                self.con.register("__tail_staging", staging)
+                self.con.execute(staging_view_sql("__tail", "__tail_staging"))
+                self._tail = "__tail"
 
     def close(self) -> None:
         self.con.close()
@@ -101,23 +105,22 @@ class ProjectionReader:
             source, names = self.store.source(self.con, spec, files)
             self._registered.extend(names)
             parts.append(f"SELECT * FROM {source}{cond}")
-        tail = self.tail.get(table)
-        if tail is not None and tail.num_rows:
-            name = f"__tail_{table}"
-            if name not in self._registered:
-                self.con.register(name, tail)
-                self._registered.append(name)
-            parts.append(f"SELECT * FROM {name}{cond}")
+        if self._tail is not None:
+            if table == "events":
+                columns = ", ".join(f'"{c}"' for c in spec.column_names)
+                tail_rows = f"SELECT {columns} FROM {self._tail}"
+            else:
+                tail_rows = CONTRIBUTIONS[table].replace("{v}", self._tail)
+            parts.append(f"SELECT * FROM ({tail_rows}){cond}")
         if not parts:
             name = f"__none_{table}"
             if name not in self._registered:
                 self.con.register(name, spec.schema.empty_table())
                 self._registered.append(name)
             return f"(SELECT * FROM {name})"
-        if len(parts) == 1 and (len(files) <= 1):
-            # One already merged file (or only the tail, merged when it was folded).
-            return f"({parts[0]})"
-        union = " UNION ALL ".join(parts)
+        if len(parts) == 1 and len(files) == 1:
+            return f"({parts[0]})"  # one file: already merged
+        union = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
         return f"({merge_sql(spec, f'({union})')})"
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

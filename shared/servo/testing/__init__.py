@@ -4,4 +4,10 @@ per-port contract suites (``servo.testing.contracts``) every backend adapter pas
 from servo.testing.assets import AssetResult, build_asset_context, materialize_asset
 from servo.testing.clock import ManualClock, SequentialIds
 
-__all__ = ["AssetResult", "ManualClock", "SequentialIds", "build_asset_context", "materialize_asset"]
+__all__ = [
+    "AssetResult",
+    "ManualClock",
+    "SequentialIds",
+    "build_asset_context",
+    "materialize_asset",
+]
