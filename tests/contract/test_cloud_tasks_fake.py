@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import cloud_tasks_fake as fake_module
 import grpc
 import pytest
-from cloud_tasks_fake import CloudTasksFake, RetryPolicy
 from google.api_core import exceptions as google_errors
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+import cloud_tasks_fake as fake_module
+from cloud_tasks_fake import CloudTasksFake, RetryPolicy
 from servo.testing.clock import ManualClock
 
 START = datetime(2024, 1, 1, tzinfo=UTC)

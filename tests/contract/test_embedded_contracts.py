@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing
 import os
@@ -445,7 +446,9 @@ class TestFileLedger:
         assert bad == []
         assert len(ledger.read("big")) == segments
 
-    def test_segments_are_plain_json_files_and_no_temp_file_remains(self, tmp_path: Path) -> None:
+    def test_segments_are_compressed_json_files_and_no_temp_file_remains(
+        self, tmp_path: Path
+    ) -> None:
         ledger = FileLedger(tmp_path)
         ledger.append("runs/r1", 3, [{"type": "started"}])
         with pytest.raises(Exception, match="already exists"):
@@ -454,8 +457,17 @@ class TestFileLedger:
             p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()
         )
         assert files == ["runs/r1/000000000003.json"]
-        body = json.loads((tmp_path / files[0]).read_text())
+        raw = (tmp_path / files[0]).read_bytes()
+        assert raw[:2] == b"\x1f\x8b", "segments are gzip-compressed"
+        body = json.loads(gzip.decompress(raw))
         assert body["events"] == [{"type": "started"}]
+
+    def test_uncompressed_segments_of_earlier_versions_are_read(self, tmp_path: Path) -> None:
+        (tmp_path / "events").mkdir()
+        old = {"stream": "events", "seq": 0, "events": [{"id": "e1"}]}
+        (tmp_path / "events" / "000000000000.json").write_text(json.dumps(old))
+        (segment,) = FileLedger(tmp_path).read("events")
+        assert segment.events == ({"id": "e1"},)
 
     def test_stream_names_cannot_escape_the_root(self, tmp_path: Path) -> None:
         ledger = FileLedger(tmp_path / "ledger")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import sys
 import textwrap
 import threading
@@ -280,6 +281,7 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
     the imported project modules are forgotten at the end of the test."""
     planes: list[LocalControlPlane] = []
     packages: list[tuple[str, Path]] = []
+    workers_before = {p.pid for p in _pool_workers()}
     monkeypatch.setenv("SERVO_HOME", str(tmp_path / "home"))
 
     def make(
@@ -321,3 +323,15 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
             del sys.modules[name]
         with contextlib.suppress(ValueError):
             sys.path.remove(str(root))
+    # A worker that outlives its pool would also block the interpreter's exit (workers are
+    # not daemonic), so stop it here and report it.
+    leftovers = [p for p in _pool_workers() if p.pid not in workers_before]
+    for process in leftovers:
+        process.kill()
+        process.join(10)
+    assert not leftovers, f"worker processes outlived their stopped pool: {leftovers}"
+
+
+def _pool_workers() -> list[multiprocessing.process.BaseProcess]:
+    """The live worker processes this process started."""
+    return [p for p in multiprocessing.active_children() if p.name.startswith("servo-worker-")]

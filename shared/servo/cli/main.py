@@ -491,10 +491,44 @@ def dev(
     host: Annotated[str, typer.Option(help="HTTP address.")] = "127.0.0.1",
     module: ModuleOpt = None,
     file: FileOpt = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="embedded (one process), or emulators: the Google emulators, every Cloud "
+            "Function as its own process and the worker service."
+        ),
+    ] = "embedded",
+    run_selection: Annotated[
+        str | None,
+        typer.Option(
+            "--run", help="With --backend emulators: run this selection, print it and stop."
+        ),
+    ] = None,
+    partition_range: Annotated[
+        list[str], typer.Option("--partition-range", help="START...END, with --run.")
+    ] = [],  # noqa: B006
+    as_json: JsonOpt = False,
 ) -> None:
     """Run a local control plane: HTTP API, dispatcher, worker pool and sweeper."""
     from servo.api.devserver import serve
 
+    if backend == "emulators":
+        from servo.cli.serverless import dev_on_emulators
+
+        try:
+            project = locate(module, file)
+            assert project is not None
+            code = dev_on_emulators(
+                project,
+                run_selection=run_selection,
+                partition_ranges=_parse_ranges(partition_range),
+                as_json=as_json,
+            )
+        except ServoError as exc:
+            fail(str(exc))
+        raise typer.Exit(code)
+    if backend != "embedded":
+        fail(f"--backend {backend!r} is not known; use embedded or emulators")
     ws = _workspace(module, file)
     try:
         ensure_deployed(ws, actor_name())

@@ -71,14 +71,22 @@ def settings_for(project: ProjectRef | None) -> dict[str, Any]:
 
 
 def open_workspace(project: ProjectRef | None) -> Workspace:
+    """Open the backend ``SERVO_BACKEND`` names: ``embedded`` (the default, under the
+    project's ``.servo``) or ``gcp`` (Firestore, GCS, Cloud Tasks and Pub/Sub as the
+    ``SERVO_*`` variables of :mod:`servo.cloud` describe, on the emulators when their
+    variables are set)."""
     backend = os.environ.get("SERVO_BACKEND", "embedded")
     home = servo_home(project)
     if backend == "embedded":
         from servo.adapters.embedded import open_embedded
 
         ports = open_embedded(home)
+    elif backend == "gcp":
+        from servo.cloud import open_from_env
+
+        ports = open_from_env()
     else:
-        raise ProjectError(f"SERVO_BACKEND={backend!r} is not available here; use 'embedded'")
+        raise ProjectError(f"SERVO_BACKEND={backend!r} is not known; use 'embedded' or 'gcp'")
     ports.settings = {**ports.settings, **settings_for(project)}
     return Workspace(home=home, ports=ports, project=project)
 

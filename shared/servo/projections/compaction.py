@@ -31,7 +31,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,9 @@ from servo.ports import Doc, Ports
 from servo.projections.fold import (
     Contributions,
     FoldStats,
+    connect,
     contributions,
+    fold_batches,
     fold_tables,
     merge_sql,
     reduce_tables,
@@ -181,7 +183,7 @@ class Compactor:
 
         ``stop`` ends the work between two steps (each step is published on its own)."""
         result = CompactionResult()
-        con = duckdb.connect()
+        con = connect()
         try:
             for _ in range(max_steps):
                 if (stop is not None and stop.is_set()) or not self._step(con, result):
@@ -402,25 +404,23 @@ class Compactor:
         self, con: duckdb.DuckDBPyConnection, upto_seq: int, events_before_ms: int | None
     ) -> tuple[dict[str, pa.Table], FoldStats]:
         """Every table computed from the ledger alone, up to segment ``upto_seq``."""
-        seen: set[str] = set()
-        parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_SPECS}
-        stats = FoldStats()
-        after = -1
-        while after < upto_seq:
-            segments = [
-                s
-                for s in self.ports.ledger.read(
-                    self.stream, after_seq=after, limit=self.settings.max_segments
-                )
-                if s.seq <= upto_seq
-            ]
-            if not segments:
-                break
-            contrib = contributions((e for s in segments for e in s.events), seen)
-            stats.add(contrib.stats)
-            for name, table in fold_tables(con, contrib).items():
-                parts[name].append(table)
-            after = segments[-1].seq
+
+        def batches() -> Iterator[list[Doc]]:
+            after = -1
+            while after < upto_seq:
+                segments = [
+                    s
+                    for s in self.ports.ledger.read(
+                        self.stream, after_seq=after, limit=self.settings.max_segments
+                    )
+                    if s.seq <= upto_seq
+                ]
+                if not segments:
+                    return
+                yield [e for s in segments for e in s.events]
+                after = segments[-1].seq
+
+        parts, stats = fold_batches(batches())
         return finish_tables(con, parts, events_before_ms), stats
 
     def _publish_rebuild(

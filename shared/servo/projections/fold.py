@@ -27,6 +27,7 @@ import gc
 import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,14 @@ MAX_TIME_MS = 10**13 - 1
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 _dumps = _ENCODER.encode
 _names = itertools.count()
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection for folding and queries (no progress bar on the
+    terminal, whatever a query's length)."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def order_key(lc: int, time_ms: int, event_id: str) -> str:
@@ -602,9 +611,19 @@ def reduce_tables(
     return result.cast(spec.schema)
 
 
-def fold_tables(con: duckdb.DuckDBPyConnection, contrib: Contributions) -> dict[str, pa.Table]:
+def fold_tables(
+    con: duckdb.DuckDBPyConnection, contrib: Contributions, *, sort: bool = True
+) -> dict[str, pa.Table]:
     """Every table derived from ``contrib`` and merged (one row per key)."""
-    staging = contrib.staging()
+    return derive_tables(con, contrib.staging(), sort=sort)
+
+
+def derive_tables(
+    con: duckdb.DuckDBPyConnection, staging: pa.Table, *, sort: bool = True
+) -> dict[str, pa.Table]:
+    """Every table derived from staging rows and merged. Runs in DuckDB only (no Python per
+    row), so it can overlap with reading the next batch on another thread. Without ``sort``
+    the events table is left in arrival order (a later merge sorts it)."""
     if staging.num_rows == 0:
         return {name: spec.schema.empty_table() for name, spec in TABLE_SPECS.items()}
     n = next(_names)
@@ -615,8 +634,9 @@ def fold_tables(con: duckdb.DuckDBPyConnection, contrib: Contributions) -> dict[
         out: dict[str, pa.Table] = {}
         for name, spec in TABLE_SPECS.items():
             if name == "events":
-                # Already one row per event id: only sorted.
-                sql = sort_sql(spec, view)
+                # Already one row per event id.
+                columns = ", ".join(_quote(c) for c in spec.column_names)
+                sql = sort_sql(spec, view) if sort else f"SELECT {columns} FROM {view}"
             else:
                 sql = merge_sql(spec, f"({CONTRIBUTIONS[name].replace('{v}', view)})")
             out[name] = con.sql(sql).to_arrow_table().cast(spec.schema)
@@ -626,9 +646,45 @@ def fold_tables(con: duckdb.DuckDBPyConnection, contrib: Contributions) -> dict[
         con.unregister(source)
 
 
+def fold_batches(
+    batches: Iterable[Iterable[Mapping[str, Any]]],
+    seen: set[str] | None = None,
+    *,
+    sort: bool = False,
+) -> tuple[dict[str, list[pa.Table]], FoldStats]:
+    """Fold a stream of event batches into per-batch merged tables (merge them with
+    :func:`reduce_tables`). Reading a batch in Python overlaps with deriving the previous one
+    in DuckDB, which runs without the interpreter lock on a second thread."""
+    seen = set() if seen is None else seen
+    parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_SPECS}
+    stats = FoldStats()
+    con = connect()
+
+    def collect(tables: dict[str, pa.Table]) -> None:
+        for name, table in tables.items():
+            if table.num_rows:
+                parts[name].append(table)
+
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="servo-fold") as pool:
+            pending: Future[dict[str, pa.Table]] | None = None
+            for batch in batches:
+                contrib = contributions(batch, seen)
+                stats.add(contrib.stats)
+                staging = contrib.staging()
+                if pending is not None:
+                    collect(pending.result())
+                pending = pool.submit(derive_tables, con, staging, sort=sort)
+            if pending is not None:
+                collect(pending.result())
+    finally:
+        con.close()
+    return parts, stats
+
+
 def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
     """Every projection table computed from ``events`` alone (any order, any duplicates)."""
-    con = duckdb.connect()
+    con = connect()
     try:
         return fold_tables(con, contributions(events))
     finally:

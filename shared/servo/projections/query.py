@@ -15,15 +15,19 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import duckdb
-
 from servo.control.common import RUNS, TASKS
 from servo.control.drain import EVENTS_STREAM
 from servo.core.errors import InvalidRequest, NotFound, ServoError
 from servo.core.events import ms_to_iso
 from servo.ports import Ports, Where
 from servo.projections.compaction import CompactionSettings, Compactor, outbox_events
-from servo.projections.fold import CONTRIBUTIONS, contributions, merge_sql, staging_view_sql
+from servo.projections.fold import (
+    CONTRIBUTIONS,
+    connect,
+    contributions,
+    merge_sql,
+    staging_view_sql,
+)
 from servo.projections.schema import TABLE_SPECS
 from servo.projections.store import Pointer, ProjectionStore
 
@@ -58,7 +62,7 @@ class ProjectionReader:
     ) -> None:
         self.ports = ports
         self.store = ProjectionStore(ports.blobs)
-        self.con = duckdb.connect()
+        self.con = connect()
         self._registered: list[str] = []
         pointer, _ = self.store.load_pointer()
         lag = ports.ledger.last_seq(stream) - (pointer.watermark if pointer else -1)

@@ -13,7 +13,7 @@ from servo.core.errors import ServoError
 from servo.core.events import to_ms
 from servo.ports import Ports
 from servo.projections.compaction import CompactionSettings, Compactor
-from servo.projections.fold import merge_sql
+from servo.projections.fold import connect, merge_sql
 from servo.projections.schema import TABLE_SPECS, TableSpec
 from servo.projections.store import Pointer, ProjectionStore
 
@@ -96,7 +96,7 @@ def rebuild_projections(
     ``repair``) publish the rebuilt tables when anything differs or cannot be read."""
     compactor = Compactor(ports, settings)
     store = compactor.store
-    con = duckdb.connect()
+    con = connect()
     try:
         for _ in range(5):
             pointer, generation = store.load_pointer()

@@ -8,14 +8,13 @@ race for it, and a reader either sees the complete file or no file at all.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
+from servo.adapters.segments import decode_segment, encode_segment
 from servo.core.errors import AlreadyExists, ServoError
 from servo.ports import Doc, Segment
 
@@ -85,14 +84,7 @@ class FileLedger:
             raise ServoError(
                 f"events for segment {seq} of ledger stream {stream!r} must be a list of dicts"
             )
-        body: dict[str, Any] = {"stream": stream, "seq": seq, "events": list(events)}
-        try:
-            data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ServoError(
-                f"segment {seq} of ledger stream {stream!r} is not JSON-compatible ({exc}); "
-                "events may hold only str, int, bool, None, lists and dicts"
-            ) from exc
+        data = encode_segment(stream, seq, events)
         final = directory / f"{seq:012d}.json"
         if final.exists():
             raise self._exists(stream, seq)
@@ -100,7 +92,7 @@ class FileLedger:
         temp = directory / self._temp_name()
         try:
             with open(temp, "wb") as handle:
-                handle.write(data.encode("utf-8"))
+                handle.write(data)
                 if self._fsync:
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -143,7 +135,7 @@ class FileLedger:
         segments = []
         for seq in wanted:
             path = directory / f"{seq:012d}.json"
-            body = json.loads(path.read_bytes())
+            body = decode_segment(path.read_bytes())
             segments.append(Segment(stream=stream, seq=seq, events=tuple(body["events"])))
         return segments
 

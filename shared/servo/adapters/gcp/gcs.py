@@ -18,7 +18,6 @@ handling differs between Cloud Storage and its local fakes), so a segment is lim
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import re
 import secrets
@@ -31,6 +30,7 @@ from google.api_core import exceptions as google_errors
 
 from servo.adapters.gcp.costs import GCS_CLASS_A, GCS_CLASS_B, GCS_FREE, OperationCounter
 from servo.adapters.gcp.errors import translate
+from servo.adapters.segments import decode_segment, encode_segment
 from servo.core.errors import AlreadyExists, Conflict, NotFound, ServoError
 from servo.ports import Doc, Segment
 
@@ -117,15 +117,7 @@ class GcsLedger:
             raise ServoError(
                 f"events for segment {seq} of ledger stream {stream!r} must be a list of dicts"
             )
-        body: dict[str, Any] = {"stream": stream, "seq": seq, "events": list(events)}
-        try:
-            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ServoError(
-                f"segment {seq} of ledger stream {stream!r} is not JSON-compatible ({exc}); "
-                "events may hold only str, int, bool, None, lists and dicts"
-            ) from exc
-        data = text.encode("utf-8")
+        data = encode_segment(stream, seq, events)
         if len(data) > MAX_SEGMENT_BYTES:
             raise ServoError(
                 f"segment {seq} of ledger stream {stream!r} is {len(data)} bytes, more than "
@@ -137,7 +129,9 @@ class GcsLedger:
         blob = self.bucket.blob(name)
         blob.metadata = {_WRITER_KEY: token}
         try:
-            blob.upload_from_string(data, content_type="application/json", if_generation_match=0)
+            blob.upload_from_string(
+                data, content_type="application/octet-stream", if_generation_match=0
+            )
         except google_errors.PreconditionFailed:
             if not self._written_by(name, token):
                 raise AlreadyExists(
@@ -203,7 +197,7 @@ class GcsLedger:
                 bodies = list(pool.map(self._download, names))
         segments = []
         for seq, body in zip(seqs, bodies, strict=True):
-            events = tuple(json.loads(body)["events"])
+            events = tuple(decode_segment(body)["events"])
             segments.append(Segment(stream=stream, seq=seq, events=events))
         with self._lock:
             if seqs[-1] > self._known_last.get(stream, -1):

@@ -1,0 +1,23 @@
+"""Cloud Function ``callback`` (entry point ``callback``).
+
+HTTPS: the worker service's reports (started, heartbeat, completed); answers an
+Answer.
+
+A thin shell around :mod:`servo.api.functions`, which documents the status codes and the
+environment variables (:mod:`servo.cloud`).
+"""
+
+from __future__ import annotations
+
+import functions_framework
+from flask import Request, Response
+
+from servo.api import functions
+
+functions.configure_logging()
+
+
+@functions_framework.http
+def callback(request: Request) -> Response:
+    """Serve one request (see the module docstring)."""
+    return functions.callback(request)

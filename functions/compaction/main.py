@@ -1,0 +1,22 @@
+"""Cloud Function ``compaction`` (entry point ``compaction``).
+
+Cloud Scheduler: folds new ledger segments into the Parquet projections.
+
+A thin shell around :mod:`servo.api.functions`, which documents the status codes and the
+environment variables (:mod:`servo.cloud`).
+"""
+
+from __future__ import annotations
+
+import functions_framework
+from flask import Request, Response
+
+from servo.api import functions
+
+functions.configure_logging()
+
+
+@functions_framework.http
+def compaction(request: Request) -> Response:
+    """Serve one request (see the module docstring)."""
+    return functions.compaction(request)
