@@ -269,3 +269,21 @@ def test_task_key_ids_and_order(a: TaskKey, b: TaskKey) -> None:
     assert sum([a < b, a == b, b < a]) == 1
     if a.asset != b.asset:
         assert (a < b) == (a.asset < b.asset)
+
+
+@given(
+    asset=st.lists(
+        st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,8}", fullmatch=True), min_size=1, max_size=3
+    ),
+    value=st.one_of(st.none(), st.text(min_size=1, max_size=12)),
+)
+def test_task_key_text_is_its_canonical_json(asset: list[str], value: str | None) -> None:
+    from servo.core.canonical import canonical_json as cj
+
+    try:
+        key = TaskKey(
+            AssetKey(tuple(asset)), PartitionKey.single(value) if value is not None else None
+        )
+    except PartitionError:
+        return
+    assert key.canonical() == cj(key.to_json())

@@ -225,3 +225,16 @@ def test_fingerprint_excludes_nothing_that_matters() -> None:
         NOW,
     )
     assert again.fingerprint != base.fingerprint
+
+
+def test_streamed_fingerprint_text_is_the_canonical_spec() -> None:
+    from servo.core.planner import plan_spec_text
+
+    plan = _golden_plan()
+    texts = [canonical_json(t.spec()) for t in plan.tasks]
+    streamed = plan_spec_text(
+        plan.code_version, plan.manifest_id, plan.assets, plan.partitions, texts
+    )
+    assert streamed == canonical_json(
+        plan_spec(plan.code_version, plan.manifest_id, plan.assets, plan.partitions, plan.tasks)
+    )

@@ -103,6 +103,7 @@ def configure_logging() -> None:
     servo_logger.addHandler(handler)
     servo_logger.setLevel(os.environ.get("SERVO_LOG_LEVEL", "INFO").upper())
 
+
 Reply = tuple[int, Any]
 
 CLIENT_STEPS = ("trigger", "api", "callback")

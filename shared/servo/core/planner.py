@@ -22,7 +22,7 @@ from typing import Any
 
 from servo.core.canonical import canonical_json, sha256_hex
 from servo.core.errors import PartitionError
-from servo.core.keys import AssetKey, PartitionKey, TaskKey
+from servo.core.keys import AssetKey, PartitionKey, TaskKey, task_id_of
 from servo.core.manifest import AssetSpec, Manifest, RetryPolicySpec
 from servo.core.mappings import (
     IdentityPartitionMapping,
@@ -97,6 +97,27 @@ class Plan:
         return out
 
 
+def plan_spec_text(
+    code_version: str,
+    manifest_id: str,
+    assets: Sequence[str],
+    partitions: PartitionSelection,
+    task_texts: Sequence[str],
+) -> str:
+    """The canonical JSON text of :func:`plan_spec`, built from each task's canonical text
+    without materializing the whole document (100,000-task plans)."""
+    head = canonical_json(
+        {
+            "assets": list(assets),
+            "code_version": code_version,
+            "manifest_id": manifest_id,
+            "partitions": partitions.to_json(),
+            "schema": PLAN_SCHEMA_VERSION,
+        }
+    )
+    return head[:-1] + ',"tasks":[' + ",".join(task_texts) + "]}"
+
+
 def plan_spec(
     code_version: str,
     manifest_id: str,
@@ -115,16 +136,26 @@ def plan_spec(
     }
 
 
-def _parts_of(
-    spec: AssetSpec, cache: dict[str, PartitionsDefinition]
-) -> PartitionsDefinition | None:
-    if spec.partitions is None:
-        return None
-    found = cache.get(spec.key)
-    if found is None:
-        found = partitions_from_spec(spec.partitions)
-        cache[spec.key] = found
-    return found
+class _PartsCache:
+    """One partitions definition object per distinct spec, so that assets sharing a
+    definition share its key caches and compare equal by identity."""
+
+    def __init__(self) -> None:
+        self.by_asset: dict[str, PartitionsDefinition | None] = {}
+        self.by_spec: dict[str, PartitionsDefinition] = {}
+
+    def __call__(self, spec: AssetSpec) -> PartitionsDefinition | None:
+        if spec.key in self.by_asset:
+            return self.by_asset[spec.key]
+        found: PartitionsDefinition | None = None
+        if spec.partitions is not None:
+            text = canonical_json(spec.partitions)
+            found = self.by_spec.get(text)
+            if found is None:
+                found = partitions_from_spec(spec.partitions)
+                self.by_spec[text] = found
+        self.by_asset[spec.key] = found
+        return found
 
 
 def _requested_keys(
@@ -167,12 +198,12 @@ def plan_run(
     if unknown:
         raise PartitionError(f"cannot plan unknown assets: {', '.join(unknown)}")
     order = manifest.graph.toposort(selected)
-    part_cache: dict[str, PartitionsDefinition] = {}
+    parts_of = _PartsCache()
     planned: dict[str, list[PartitionKey | None]] = {}
     used_selection = False
     for akey in order:
         spec = manifest.assets_by_key[str(akey)]
-        parts = _parts_of(spec, part_cache)
+        parts = parts_of(spec)
         if parts is None:
             planned[spec.key] = [None]
             continue
@@ -182,11 +213,15 @@ def plan_run(
             if dep.asset not in planned:
                 continue
             up_spec = manifest.assets_by_key[dep.asset]
-            up_parts = _parts_of(up_spec, part_cache)
+            up_parts = parts_of(up_spec)
             if up_parts is None:
                 continue
             has_partitioned_upstream = True
             mapping = _mapping(dep.mapping, up_parts, parts)
+            if isinstance(mapping, IdentityPartitionMapping) and up_parts is parts:
+                # Same definition: every planned upstream partition is a downstream one.
+                derived.update(k for k in planned[dep.asset] if k is not None)
+                continue
             for up_key in planned[dep.asset]:
                 for down_key in mapping.downstream_keys(up_key, up_parts, parts, ctx):
                     if down_key is not None:
@@ -212,15 +247,16 @@ def plan_run(
         )
 
     tasks: list[PlannedTask] = []
+    task_texts: list[str] = []
     ids: dict[tuple[str, PartitionKey | None], str] = {}
     for akey in order:
         spec = manifest.assets_by_key[str(akey)]
-        parts = _parts_of(spec, part_cache)
+        parts = parts_of(spec)
         dep_info: list[tuple[str, PartitionMapping | None, PartitionsDefinition | None]] = []
         for dep in spec.deps:
             if dep.asset not in planned:
                 continue
-            up_parts = _parts_of(manifest.assets_by_key[dep.asset], part_cache)
+            up_parts = parts_of(manifest.assets_by_key[dep.asset])
             dep_mapping: PartitionMapping | None = None
             if up_parts is not None and parts is not None:
                 dep_mapping = _mapping(dep.mapping, up_parts, parts)
@@ -228,7 +264,8 @@ def plan_run(
         max_retries = _max_retries(spec.retry_policy)
         for pkey in planned[spec.key]:
             tkey = TaskKey(asset=akey, partition=pkey)
-            tid = tkey.id
+            key_text = tkey.canonical()
+            tid = task_id_of(key_text)
             upstream: set[str] = set()
             for up_asset, dep_map, up_parts in dep_info:
                 if up_parts is None:
@@ -252,6 +289,13 @@ def plan_run(
                     if found:
                         upstream.add(found)
             ids[(spec.key, pkey)] = tid
+            task_texts.append(
+                '{"key":'
+                + key_text
+                + ',"upstream":['
+                + ",".join(f'"{u}"' for u in sorted(upstream))
+                + "]}"
+            )
             tasks.append(
                 PlannedTask(
                     key=tkey,
