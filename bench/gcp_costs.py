@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -70,6 +71,7 @@ BUCKET = "servo-costs"
 SERVICES = ("trigger", "dispatch", "worker", "callback", "sweep", "compaction")
 INVOCATION = "function.invocation"
 DELIVERY = "tasks.delivery"
+RETRIED = "answered.5xx"  # not billed by itself: the retry it causes is
 
 PRICES_PER_MILLION = {
     "firestore.read": 0.60,
@@ -275,6 +277,8 @@ class Cloud:
                 else:
                     assert service.ports is not None
                     status, answer = handle(name, Incoming("POST", body=body), service.ports)
+                if status >= 500:
+                    service.counter.add(RETRIED)
                 raw = json.dumps(answer, default=str).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -369,8 +373,12 @@ def _account(name: str, tasks: int, wall: float, cloud: Cloud) -> dict[str, Any]
     total: Counter[str] = Counter()
     collections: dict[str, Counter[str]] = {}
     documents: Counter[str] = Counter()
+    retried: dict[str, int] = {}
     for service in cloud.services.values():
-        counts = {k: v for k, v in service.counter.snapshot().items() if k in OPERATION_KINDS}
+        snapshot = service.counter.snapshot()
+        if snapshot.get(RETRIED):
+            retried[service.name] = snapshot[RETRIED]
+        counts = {k: v for k, v in snapshot.items() if k in OPERATION_KINDS}
         by_service[service.name] = counts
         total.update(counts)
         tally = service.tally
@@ -399,6 +407,7 @@ def _account(name: str, tasks: int, wall: float, cloud: Cloud) -> dict[str, Any]
             c: dict(sorted(counter.items())) for c, counter in sorted(collections.items())
         },
         "hottest_documents": [{"document": d, "writes": n} for d, n in hottest],
+        "answered_5xx": retried,
         "usd_per_million_tasks": round(sum(cost.values()), 2),
         "usd_per_million_tasks_by_kind": {k: round(v, 3) for k, v in sorted(cost.items())},
     }
@@ -434,6 +443,11 @@ def render(result: dict[str, Any], target_ops: float, target_hot: int | None) ->
             f"most-written document: {top['document']} with {top['writes']} writes{verdict}"
         )
         lines.append("  next: " + ", ".join(f"{d['document']} {d['writes']}" for d in hot[1:]))
+    if result["answered_5xx"]:
+        lines.append(
+            "answers worth a retry (5xx, mostly contention): "
+            + ", ".join(f"{k} {v}" for k, v in result["answered_5xx"].items())
+        )
     lines.append(
         f"list price per million tasks: ${result['usd_per_million_tasks']:,.2f}  ("
         + ", ".join(f"{k} ${v:,.2f}" for k, v in result["usd_per_million_tasks_by_kind"].items())
@@ -461,6 +475,20 @@ def emulators(work: Path) -> Any:
             os.environ.update(saved)
 
 
+def bench_gcp_costs(work: Path, chain_length: int, fan_width: int) -> dict[str, Any]:
+    """Both scenarios (a size of 0 skips one), for ``bench/run.py``: ``{"prices_per_million",
+    "results": [...]}`` with the fields of :func:`run_scenario`'s results."""
+    results = []
+    # The functions log every retried answer; the results count them instead.
+    logging.getLogger("servo.functions").setLevel(logging.ERROR)
+    with emulators(work):
+        if chain_length:
+            results.append(run_scenario(f"chain{chain_length}", chain(chain_length), work))
+        if fan_width:
+            results.append(run_scenario(f"fanout{fan_width}", fan_out(fan_width), work))
+    return {"prices_per_million": PRICES_PER_MILLION, "results": results}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chain", type=int, default=100, help="length of the chain (0: skip)")
@@ -469,28 +497,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target-ops", type=float, default=10.0)
     parser.add_argument("--target-hot", type=int, default=50)
     args = parser.parse_args(argv)
-    results = []
     with tempfile.TemporaryDirectory(prefix="servo-costs-") as tmp:
-        work = Path(tmp)
-        with emulators(work):
-            if args.chain:
-                result = run_scenario(f"chain{args.chain}", chain(args.chain), work)
-                print(render(result, args.target_ops, None), flush=True)
-                results.append(result)
-            if args.fanout:
-                result = run_scenario(f"fanout{args.fanout}", fan_out(args.fanout), work)
-                hot = args.target_hot if args.fanout >= 1000 else None
-                print(render(result, args.target_ops, hot), flush=True)
-                results.append(result)
+        data = bench_gcp_costs(Path(tmp), args.chain, args.fanout)
+    for result in data["results"]:
+        wide = result["scenario"].startswith("fanout") and result["tasks"] >= 1000
+        print(render(result, args.target_ops, args.target_hot if wide else None), flush=True)
     print(
         "prices (USD per million): "
         + ", ".join(f"{k} {v:g}" for k, v in PRICES_PER_MILLION.items())
         + "; compute time not included"
     )
     if args.json is not None:
-        args.json.write_text(
-            json.dumps({"prices_per_million": PRICES_PER_MILLION, "results": results}, indent=2)
-        )
+        args.json.write_text(json.dumps(data, indent=2))
     return 0
 
 

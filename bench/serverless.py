@@ -97,6 +97,31 @@ def first_task_latency(stack: ServerlessStack, runs: int) -> dict[str, Any]:
     }
 
 
+def bench_serverless(
+    work: Path, fan_width: int, latency_runs: int = 20, workers: int = 2, timeout_s: float = 1800
+) -> dict[str, Any]:
+    """Start a stack under ``work``, measure, stop it; the figures :func:`main` prints."""
+    root = write_servo(fan_out(fan_width), work / "project")
+    options = StackOptions(
+        worker_processes=workers,
+        sweep_interval_s=10.0,
+        # A run this wide keeps tasks queued for a while before a worker is free.
+        settings={"dispatch_timeout_ms": int(timeout_s * 1000)},
+    )
+    began = time.monotonic()
+    with ServerlessStack(work / "stack", options) as stack:
+        started = time.monotonic() - began
+        stack.deploy(root)
+        latency = first_task_latency(stack, latency_runs)
+        throughput = fan_out_throughput(stack, timeout_s)
+    return {
+        "stack_start_s": round(started, 2),
+        "worker_processes": workers,
+        "fan_out": throughput,
+        "trigger_to_first_task_started": latency,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fanout", type=int, default=1000, help="width of the fan-out")
@@ -106,26 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="servo-serverless-bench-") as tmp:
-        work = Path(tmp)
-        root = write_servo(fan_out(args.fanout), work / "project")
-        options = StackOptions(
-            worker_processes=args.workers,
-            sweep_interval_s=10.0,
-            # A run this wide keeps tasks queued for a while before a worker is free.
-            settings={"dispatch_timeout_ms": int(args.timeout * 1000)},
+        result = bench_serverless(
+            Path(tmp), args.fanout, args.latency_runs, args.workers, args.timeout
         )
-        began = time.monotonic()
-        with ServerlessStack(work / "stack", options) as stack:
-            started = time.monotonic() - began
-            stack.deploy(root)
-            latency = first_task_latency(stack, args.latency_runs)
-            throughput = fan_out_throughput(stack, args.timeout)
-    result = {
-        "stack_start_s": round(started, 2),
-        "worker_processes": args.workers,
-        "fan_out": throughput,
-        "trigger_to_first_task_started": latency,
-    }
+    throughput = result["fan_out"]
+    latency = result["trigger_to_first_task_started"]
     print(f"stack started in {result['stack_start_s']} s ({args.workers} worker processes)")
     print(
         f"fan-out 1 -> {args.fanout} -> 1: {throughput['tasks']} tasks in "

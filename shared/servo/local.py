@@ -34,7 +34,7 @@ from servo.control.common import (
 from servo.control.dispatch import dispatch_run, dispatch_waiting, retry_due
 from servo.control.drain import drain_outbox
 from servo.control.sweep import sweep
-from servo.core.errors import ServoError
+from servo.core.errors import InvalidRequest, ServoError
 from servo.ports import Doc, Ports
 from servo.projections.compaction import BackgroundCompaction
 from servo.telemetry import tracing
@@ -44,6 +44,8 @@ from servo.worker.pool import WorkerPool
 log = logging.getLogger("servo.local")
 
 TERMINAL_RUN_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
+# How often a started or completed report is handed to the callback service before giving up.
+REPORT_TRIES = 6
 
 
 @dataclass
@@ -145,17 +147,45 @@ class LocalControlPlane:
         key = (envelope.run_id, envelope.task_id, envelope.attempt)
         attempt_span = self._attempt_spans.get(key)
         if kind == "heartbeat" or not tracing.enabled():
-            answer = handle_report(self.ports, report)
+            answer = self._deliver_report(report)
         else:
             parent = tracing.carrier_of(attempt_span) or envelope.trace
             with tracing.span(f"servo.callback.{kind}", parent, {"servo.run_id": report.run_id}):
-                answer = handle_report(self.ports, report)
+                answer = self._deliver_report(report)
         if kind == "completed":
             if attempt_span is not None:
                 self._attempt_spans.pop(key, None)
                 attempt_span.end()
             self._notify()
         return answer
+
+    def _deliver_report(self, report: Report) -> Answer:
+        """``handle_report``, retried on failure as the HTTP channel retries its calls.
+
+        Reports are idempotent, and losing a ``started`` or ``completed`` report costs the
+        attempt (a retry, or the task when none is left), so a failed call — a transient store
+        error, or a failure after the commit — is repeated. A heartbeat is not: the next one
+        comes soon. A report the callback rejects as invalid is never repeated.
+        """
+        tries = 1 if report.kind == "heartbeat" else REPORT_TRIES
+        for attempt in range(1, tries + 1):
+            try:
+                return handle_report(self.ports, report)
+            except InvalidRequest:
+                raise
+            except Exception:
+                if attempt == tries:
+                    raise
+                log.warning(
+                    "delivering the %s report of %s/%s attempt %d failed; retrying",
+                    report.kind,
+                    report.run_id,
+                    report.task_id,
+                    report.attempt,
+                    exc_info=True,
+                )
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # Lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalControlPlane:

@@ -131,7 +131,7 @@ def write_project(root: Path, effects: Path) -> Path:
     fan = "\n".join(
         textwrap.dedent(
             f"""\
-            @asset
+            @asset(retry_policy=RetryPolicy(max_retries=2, delay=0.2))
             def {n}(context, fan_root):
                 record(context)
                 time.sleep({FAN_SLEEP_S})

@@ -324,8 +324,16 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
         with contextlib.suppress(ValueError):
             sys.path.remove(str(root))
     # A worker that outlives its pool would also block the interpreter's exit (workers are
-    # not daemonic), so stop it here and report it.
-    leftovers = [p for p in _pool_workers() if p.pid not in workers_before]
+    # not daemonic), so stop it here and report it. (A killed worker may still be being reaped
+    # by its pool's reader thread: only a process still alive after a while counts.)
+    deadline = time.monotonic() + 10
+    while True:
+        leftovers = [
+            p for p in _pool_workers() if p.pid not in workers_before and pid_alive(p.pid or 0)
+        ]
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     for process in leftovers:
         process.kill()
         process.join(10)

@@ -508,9 +508,9 @@ compaction = _entry("compaction")
 
 __all__ = [
     "CLIENT_STEPS",
-    "CloudLoggingFormatter",
     "DELIVERED_STEPS",
     "STEPS",
+    "CloudLoggingFormatter",
     "Incoming",
     "api",
     "callback",
