@@ -122,7 +122,7 @@ defs = Definitions(
 '''
 
 FAN_WIDTH = 12
-FAN_SLEEP_S = 0.3
+FAN_SLEEP_S = 0.8
 
 
 def write_project(root: Path, effects: Path) -> Path:

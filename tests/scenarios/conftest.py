@@ -20,7 +20,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,6 @@ class Scenario:
     workspace: Workspace
     plane: LocalControlPlane
     code_version: str
-    requests: list[TriggerRequest] = field(default_factory=list)
 
     @property
     def ports(self) -> Ports:
@@ -165,7 +164,6 @@ class Scenario:
         """Trigger a run; a simulated crash inside ``trigger`` is answered by redelivering the
         same request, as a client (or Cloud Tasks) retrying the call would."""
         req = self.request(selection, **fields)
-        self.requests.append(req)
         return redeliver(lambda: trigger(self.ports, req))
 
     def wait(self, run_id: str, timeout: float = WAIT_S) -> Doc:
@@ -315,14 +313,16 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
             root=root, effects=effects, workspace=ws, plane=plane, code_version=result.code_version
         )
 
-    yield make
-    for plane in planes:
-        plane.stop()
-    for package, root in packages:
-        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-            del sys.modules[name]
-        with contextlib.suppress(ValueError):
-            sys.path.remove(str(root))
+    try:
+        yield make
+    finally:
+        for plane in planes:
+            plane.stop()
+        for package, root in packages:
+            for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+                del sys.modules[name]
+            with contextlib.suppress(ValueError):
+                sys.path.remove(str(root))
     # A worker that outlives its pool would also block the interpreter's exit (workers are
     # not daemonic), so stop it here and report it. (A killed worker may still be being reaped
     # by its pool's reader thread: only a process still alive after a while counts.)

@@ -172,8 +172,12 @@ def _run_and_wait(
     as_json: bool,
     timeout: float | None,
 ) -> None:
-    """Start a run through ``start(ports)`` on a local control plane and report on it."""
-    from servo.local import LocalControlPlane, summarize
+    """Start a run through ``start(ports)`` and, with ``wait``, report on it when it ends.
+
+    On the embedded backend this process hosts the control plane for the run; on Google Cloud
+    the functions execute it and this process polls its state.
+    """
+    from servo.local import LocalControlPlane
 
     if not wait:
         try:
@@ -185,10 +189,28 @@ def _run_and_wait(
                 {"run_id": result.run_id, "state": result.state, "created": result.created}
             )
         else:
-            render.console.print(
-                f"Queued run {result.run_id} ({result.task_count} tasks); a running `servo dev` (or the "
-                "next `servo run`) executes it. Follow it with `servo status {result.run_id}`."
+            where = (
+                "the serverless control plane executes it"
+                if not _embedded(ws)
+                else "a running `servo dev` (or the next `servo run`) executes it"
             )
+            render.console.print(
+                f"Queued run {result.run_id} ({result.task_count} tasks); {where}. "
+                f"Follow it with `servo status {result.run_id}`."
+            )
+        return
+    if not _embedded(ws):
+        # On Google Cloud the functions execute the run; this process only watches it.
+        with _Progress(ws, as_json) as progress:
+            try:
+                result = start(ws.ports)
+            except ServoError as exc:
+                fail(str(exc))
+            if not as_json:
+                verb = "Started" if result.created else "Found existing"
+                render.console.print(f"{verb} run {result.run_id} ({result.task_count} tasks)")
+            run = _poll_run(ws, result.run_id, timeout, progress)
+        _report_run(ws, result.run_id, run, as_json)
         return
     with LocalControlPlane(ws.ports, ws.home) as plane, _Progress(ws, as_json) as progress:
         try:
@@ -199,7 +221,35 @@ def _run_and_wait(
             verb = "Started" if result.created else "Found existing"
             render.console.print(f"{verb} run {result.run_id} ({result.task_count} tasks)")
         run = plane.wait_for_run(result.run_id, timeout=timeout, on_progress=progress)
-    summary = summarize(ws.ports, result.run_id)
+    _report_run(ws, result.run_id, run, as_json)
+
+
+def _embedded(ws: Workspace) -> bool:
+    from servo.adapters.embedded.queue import InProcessQueue
+
+    return isinstance(ws.ports.queue, InProcessQueue)
+
+
+def _poll_run(ws: Workspace, run_id: str, timeout: float | None, progress: Any) -> dict[str, Any]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        run = ws.ports.state.get("runs", run_id)
+        if run is None:
+            fail(f"run {run_id} disappeared")
+        progress(run, [])
+        if run["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"):
+            return run
+        if deadline is not None and time.monotonic() > deadline:
+            fail(
+                f"run {run_id} did not finish within {timeout} s; it goes on: `servo status {run_id}`"
+            )
+        time.sleep(0.5)
+
+
+def _report_run(ws: Workspace, run_id: str, run: dict[str, Any], as_json: bool) -> None:
+    from servo.local import summarize
+
+    summary = summarize(ws.ports, run_id)
     if as_json:
         render.print_json(summary)
     else:

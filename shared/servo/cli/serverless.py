@@ -59,6 +59,8 @@ def dev_on_emulators(
     options = StackOptions(
         workspace="default", settings=settings, worker_processes=worker_processes
     )
+    # A SIGTERM must unwind like Ctrl-C does, so that the stack stops what it started.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     state_dir = state_dir_of(project)
     state_dir.mkdir(parents=True, exist_ok=True)
     say = render.err_console.print if as_json else render.console.print
@@ -93,6 +95,10 @@ def dev_on_emulators(
         else:
             render.run_summary(summary)
         return 0 if run["state"] == "SUCCEEDED" else 1
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _exports(env: dict[str, str]) -> str:
