@@ -36,7 +36,6 @@ from servo.control.drain import drain_outbox
 from servo.control.sweep import sweep
 from servo.core.errors import InvalidRequest, ServoError
 from servo.ports import Doc, Ports
-from servo.projections.compaction import BackgroundCompaction
 from servo.telemetry import tracing
 from servo.worker.envelope import Answer, Outcome, TaskEnvelope
 from servo.worker.pool import WorkerPool
@@ -52,6 +51,9 @@ REPORT_TRIES = 6
 class LocalOptions:
     workers: int = max(2, min(8, os.cpu_count() or 2))
     housekeeping_interval_s: float = 0.5
+    # Fold the ledger into the projections in the background (`servo dev`); a one-off
+    # `servo run` leaves that to the next compaction — queries read the uncompacted tail.
+    background_compaction: bool = True
 
 
 class LocalControlPlane:
@@ -74,17 +76,25 @@ class LocalControlPlane:
         blobs_root = getattr(ports.blobs, "root", None)
         if blobs_root is None:
             raise ServoError("the local control plane needs the embedded file blobs")
+        # Outputs and logs are written without fsync: like the state store's WAL commits
+        # (synchronous=NORMAL) they survive a crash of any process, not a power cut.
         self.pool = WorkerPool(
             size=self.options.workers,
             blobs_root=Path(blobs_root),
             cache_dir=self.home / "code",
             handler=self._report,
+            fsync=False,
         )
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._listeners: list[Callable[[], None]] = []
-        self.compaction = BackgroundCompaction(ports)
+        self.compaction: Any = None
+        if self.options.background_compaction:
+            # Imported here: pyarrow and DuckDB cost a third of a second to import.
+            from servo.projections.compaction import BackgroundCompaction
+
+            self.compaction = BackgroundCompaction(ports)
         self.queue.subscribe(TOPIC_DISPATCH, self._on_dispatch)
         self.queue.subscribe(TOPIC_RETRY, self._on_retry)
         self.queue.subscribe(TOPIC_FINALIZE, self._on_finalize)
@@ -189,12 +199,18 @@ class LocalControlPlane:
 
     # Lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalControlPlane:
+        from servo.control.deploy import current_code_version
+
+        current = current_code_version(self.ports)
+        if current is not None:
+            self.pool.warm(current)
         self.queue.start(workers=2)
         self._housekeeper = threading.Thread(
             target=self._housekeeping, name="servo-housekeeping", daemon=True
         )
         self._housekeeper.start()
-        self.compaction.start()
+        if self.compaction is not None:
+            self.compaction.start()
         return self
 
     def stop(self) -> None:
@@ -203,7 +219,8 @@ class LocalControlPlane:
         self.queue.stop(timeout=5)
         if self._housekeeper is not None:
             self._housekeeper.join(timeout=10)
-        self.compaction.stop()
+        if self.compaction is not None:
+            self.compaction.stop()
         self.pool.close(timeout=5)
         try:
             drain_outbox(self.ports)

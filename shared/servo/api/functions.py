@@ -344,6 +344,13 @@ def serve_sensor_evaluate(ports: Ports, req: Incoming) -> Reply:
     results = [
         handle_notification(ports, name, note, evaluator=evaluator_for(ports)) for name in sensors
     ]
+    # One line per delivery: what a notification did (or why it started nothing) is otherwise
+    # only visible for the ones that leave a tick record.
+    log.info(
+        "notification %s handled: %s",
+        note.id,
+        ", ".join(f"{r.sensor}={r.status}" for r in results) or "no sensor listens",
+    )
     return 200, {"message_id": note.id, "results": _jsonable(results)}
 
 

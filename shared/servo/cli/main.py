@@ -177,7 +177,7 @@ def _run_and_wait(
     On the embedded backend this process hosts the control plane for the run; on Google Cloud
     the functions execute it and this process polls its state.
     """
-    from servo.local import LocalControlPlane
+    from servo.local import LocalControlPlane, LocalOptions
 
     if not wait:
         try:
@@ -212,7 +212,11 @@ def _run_and_wait(
             run = _poll_run(ws, result.run_id, timeout, progress)
         _report_run(ws, result.run_id, run, as_json)
         return
-    with LocalControlPlane(ws.ports, ws.home) as plane, _Progress(ws, as_json) as progress:
+    options = LocalOptions(background_compaction=False)
+    with (
+        LocalControlPlane(ws.ports, ws.home, options) as plane,
+        _Progress(ws, as_json) as progress,
+    ):
         try:
             result = start(ws.ports)
         except ServoError as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from servo.control.common import (
+    ACTIVE_TASK_STATES,
     ASSET_PARTITIONS,
     NONTERMINAL_TASK_STATES,
     RUNS,
@@ -32,6 +33,12 @@ from servo.control.common import (
     check_token,
     retry_delay_ms,
     task_doc_id,
+)
+from servo.control.dispatch import (
+    LIVE_RUN_STATES,
+    claim_and_dispatch,
+    pool_limits,
+    send_envelope,
 )
 from servo.control.uow import Cause, UnitOfWork, in_uow
 from servo.core import events as ev
@@ -223,6 +230,23 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
         )
         pointer_id = asset_partition_id(task["asset"], task.get("partition"))
         pointer = uow.get(ASSET_PARTITIONS, pointer_id) if outcome.status == "succeeded" else None
+        held = {
+            sid: slot
+            for sid, slot in slots.items()
+            if slot.get("holder") == doc_id and int(slot.get("attempt", 0)) == report.attempt
+        }
+        limits = pool_limits(ports, run, settings)
+        live = run["state"] in LIVE_RUN_STATES and task["state"] in ACTIVE_TASK_STATES
+        waiting: list[tuple[str, Doc]] = []
+        if live and (held or run.get("max_concurrency")):
+            # The attempt's capacity is handed to the next READY task of the run in this same
+            # transaction, rather than freed and claimed again by a separate dispatch.
+            waiting = uow.query(
+                TASKS,
+                [Where("run_id", "==", report.run_id), Where("state", "==", TaskState.READY.value)],
+                order_by="order",
+                limit=3,
+            )
         # Writes start here.
         base = {
             "duration_ms": outcome.duration_ms,
@@ -285,7 +309,29 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
                 )
                 task["not_before_ms"] = uow.now_ms + delay
         if new:
-            follow["pools"] = _release_slots(uow, task, slots, report.attempt)
+            released = sorted(
+                (
+                    (task_doc_id(report.run_id, d["task_id"]), d)
+                    for d in downstream_docs.values()
+                    if d["state"] == TaskState.READY.value
+                ),
+                key=lambda kv: kv[1]["order"],
+            )
+            handed: list[Doc] = []
+            if live:
+                budget = 1 if run.get("max_concurrency") else len(released) + len(waiting)
+                free: dict[str, list[str]] = {}
+                for sid in held:
+                    free.setdefault(sid.rsplit(":", 1)[0], []).append(sid)
+                handed = claim_and_dispatch(
+                    uow, [*released, *waiting], free, limits, settings, budget
+                )
+            used = {sid for d in handed for sid in d.get("slots") or []}
+            follow["pools"] = _release_slots(
+                uow, task, {k: v for k, v in held.items() if k not in used}, report.attempt
+            )
+            follow["handed"] = handed
+            follow["dispatch_run"] = any(d["state"] == TaskState.READY.value for _, d in released)
         if result.accepted:
             follow["state"] = task["state"]
             follow["not_before_ms"] = task.get("not_before_ms")
@@ -294,6 +340,8 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
 
     answer, _ = in_uow(ports, _cause(report), body)
     ports.crash("callback.after_completed_commit")
+    for handed in follow.get("handed") or []:
+        send_envelope(ports, handed, settings)
     if "state" in follow:
         follow_up(
             ports,
@@ -303,6 +351,7 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
             state=str(follow["state"]),
             pools=follow.get("pools") or [],
             delay_ms=max(0, int(follow["not_before_ms"] or 0) - int(follow["now_ms"])),
+            dispatch_run=follow.get("dispatch_run"),
         )
     return answer
 
@@ -316,13 +365,15 @@ def follow_up(
     state: str,
     pools: Sequence[str] = (),
     delay_ms: int = 0,
+    dispatch_run: bool | None = None,
 ) -> None:
     """Work that follows a task's transition once it is committed: release downstream tasks,
     skip them after a final failure, schedule a retry, free pool capacity, finish the run.
 
     Every step is idempotent and is repeated when a report is redelivered (a duplicate report
     still runs its follow-up), and the sweep repeats whatever a crash interrupts, so losing this
-    work delays it but never loses it.
+    work delays it but never loses it. ``dispatch_run`` says whether released tasks are still
+    waiting for a dispatch (False when the callback dispatched them itself).
     """
     if state == TaskState.RETRY_WAIT.value:
         ports.queue.enqueue(
@@ -332,8 +383,10 @@ def follow_up(
             delay_s=delay_ms / 1000,
         )
     if state == TaskState.SUCCEEDED.value:
-        release_fan_in(ports, run_id, task_id)
-        ports.queue.enqueue(TOPIC_DISPATCH, {"run_id": run_id})
+        fanned_in = release_fan_in(ports, run_id, task_id)
+        # ``dispatch_run`` is None when unknown (a redelivered report): dispatch to be safe.
+        if fanned_in or dispatch_run is None or dispatch_run:
+            ports.queue.enqueue(TOPIC_DISPATCH, {"run_id": run_id})
     if state == TaskState.FAILED.value:
         skip_downstream(ports, run_id, [task_id])
     for pool in sorted(set(pools)):

@@ -44,7 +44,7 @@ from servo.worker.envelope import CheckRef, InputRef, TaskEnvelope
 LIVE_RUN_STATES = (RunState.QUEUED.value, RunState.STARTING.value, RunState.RUNNING.value)
 
 
-def _pool_limits(ports: Ports, run: Doc, settings: Settings) -> dict[str, int]:
+def pool_limits(ports: Ports, run: Doc, settings: Settings) -> dict[str, int]:
     manifest = load_manifest(ports, run["code_version"])
     limits = dict(manifest.pools)
     for k, v in ports.settings.get("pools", {}).items():
@@ -58,6 +58,81 @@ def _slot_ids(pool: str, limit: int) -> list[str]:
     return [f"{pool}:{i}" for i in range(limit)]
 
 
+def needed_pools(task: Doc, limits: dict[str, int]) -> list[str]:
+    """The limited pools a task takes a slot of while it runs."""
+    needed = []
+    if task.get("pool") in limits:
+        needed.append(str(task["pool"]))
+    if GLOBAL_POOL in limits:
+        needed.append(GLOBAL_POOL)
+    return needed
+
+
+def free_slots(
+    slots: dict[str, Doc], pools: Sequence[str], limits: dict[str, int]
+) -> dict[str, list[str]]:
+    return {
+        p: [s for s in _slot_ids(p, limits[p]) if not (slots.get(s) or {}).get("holder")]
+        for p in pools
+    }
+
+
+def claim_and_dispatch(
+    uow: UnitOfWork,
+    candidates: Sequence[tuple[str, Doc]],
+    free: dict[str, list[str]],
+    limits: dict[str, int],
+    settings: Settings,
+    budget: int,
+) -> list[Doc]:
+    """Dispatch candidates (READY tasks, in order) while slots and ``budget`` last.
+
+    A candidate needing a pool with no free slot in ``free`` stays READY. Writes only: the
+    caller has done every read (the slot documents behind ``free``)."""
+    dispatched: list[Doc] = []
+    for doc_id, task in candidates:
+        if len(dispatched) >= budget:
+            break
+        if task["state"] != TaskState.READY.value:
+            continue
+        needed = needed_pools(task, limits)
+        if any(not free.get(p) for p in needed):
+            continue  # stays READY until a slot frees up
+        claimed = [free[p].pop(0) for p in needed]
+        attempt = int(task["attempt"]) + 1
+        outcome = apply_task(
+            uow,
+            task,
+            TaskSignal(TaskEvent.DISPATCH),
+            extra={
+                "slots": claimed,
+                "dispatched_ms": uow.now_ms,
+                "due_at": uow.now_ms + settings.dispatch_timeout_ms,
+                "started_ms": None,
+                "heartbeat_ms": None,
+                "exec_deadline": None,
+                "cancel_deadline": None,
+            },
+        )
+        if not outcome.accepted:
+            for p, sid in zip(needed, claimed, strict=True):
+                free[p].insert(0, sid)
+            continue
+        for sid in claimed:
+            uow.set(
+                SLOTS,
+                sid,
+                {
+                    "pool": sid.rsplit(":", 1)[0],
+                    "holder": doc_id,
+                    "attempt": attempt,
+                    "since_ms": uow.now_ms,
+                },
+            )
+        dispatched.append(task)
+    return dispatched
+
+
 def _dispatch_in_run(
     ports: Ports, run_id: str, settings: Settings, *, task_ids: Sequence[str] | None = None
 ) -> list[Doc]:
@@ -68,8 +143,16 @@ def _dispatch_in_run(
         run = uow.get(RUNS, run_id)
         if run is None or run["state"] not in LIVE_RUN_STATES or not run.get("tasks_written"):
             return []
+        limits = pool_limits(ports, run, settings)
         capacity = settings.dispatch_batch
-        if run.get("max_concurrency"):
+        global_slots: dict[str, Doc] = {}
+        if GLOBAL_POOL in limits:
+            # Read the global slots first: when none is free there is nothing to query.
+            global_slots = uow.get_many(SLOTS, _slot_ids(GLOBAL_POOL, limits[GLOBAL_POOL]))
+            capacity = min(
+                capacity, len(free_slots(global_slots, [GLOBAL_POOL], limits)[GLOBAL_POOL])
+            )
+        if run.get("max_concurrency") and capacity > 0:
             active = uow.query(
                 TASKS,
                 [Where("run_id", "==", run_id), Where("state", "in", list(ACTIVE_TASK_STATES))],
@@ -92,57 +175,16 @@ def _dispatch_in_run(
             )
         if not ready:
             return []
-        limits = _pool_limits(ports, run, settings)
-        wanted_pools = sorted(
-            {d["pool"] for _, d in ready if d.get("pool") in limits}
-            | ({GLOBAL_POOL} if GLOBAL_POOL in limits else set())
+        named = sorted(
+            {str(d["pool"]) for _, d in ready if d.get("pool") in limits} - {GLOBAL_POOL}
         )
-        slot_ids = [s for p in wanted_pools for s in _slot_ids(p, limits[p])]
-        slots = uow.get_many(SLOTS, slot_ids) if slot_ids else {}
-        free: dict[str, list[str]] = {
-            p: [s for s in _slot_ids(p, limits[p]) if not (slots.get(s) or {}).get("holder")]
-            for p in wanted_pools
-        }
+        slot_ids = [s for p in named for s in _slot_ids(p, limits[p])]
+        slots = {**global_slots, **(uow.get_many(SLOTS, slot_ids) if slot_ids else {})}
+        pools = named + ([GLOBAL_POOL] if GLOBAL_POOL in limits else [])
         # Writes start here.
-        dispatched: list[Doc] = []
-        for doc_id, task in ready:
-            needed = []
-            if task.get("pool") in limits:
-                needed.append(task["pool"])
-            if GLOBAL_POOL in limits:
-                needed.append(GLOBAL_POOL)
-            if any(not free[p] for p in needed):
-                continue  # stays READY until a slot frees up
-            claimed = [free[p].pop(0) for p in needed]
-            attempt = int(task["attempt"]) + 1
-            outcome = apply_task(
-                uow,
-                task,
-                TaskSignal(TaskEvent.DISPATCH),
-                extra={
-                    "slots": claimed,
-                    "dispatched_ms": uow.now_ms,
-                    "due_at": uow.now_ms + settings.dispatch_timeout_ms,
-                    "started_ms": None,
-                    "heartbeat_ms": None,
-                    "exec_deadline": None,
-                    "cancel_deadline": None,
-                },
-            )
-            if not outcome.accepted:
-                continue
-            for s in claimed:
-                uow.set(
-                    SLOTS,
-                    s,
-                    {
-                        "pool": s.rsplit(":", 1)[0],
-                        "holder": doc_id,
-                        "attempt": attempt,
-                        "since_ms": uow.now_ms,
-                    },
-                )
-            dispatched.append(task)
+        dispatched = claim_and_dispatch(
+            uow, ready, free_slots(slots, pools, limits), limits, settings, capacity
+        )
         if dispatched and run["state"] == RunState.QUEUED.value:
             apply_run(uow, run, RunEvent.ADMIT, "first tasks dispatched")
         return dispatched
@@ -167,6 +209,16 @@ def dispatch_run(ports: Ports, run_id: str, *, task_ids: Sequence[str] | None = 
 
 def dispatch_waiting(ports: Ports, pool: str | None = None, limit: int = 200) -> int:
     """Dispatch READY tasks of any run (after a pool slot was released)."""
+    if pool == GLOBAL_POOL:
+        settings = Settings.of(ports)
+        size = settings.max_concurrent_tasks or 0
+        ids = _slot_ids(GLOBAL_POOL, size)
+        slots = ports.state.transact(lambda txn: txn.get_many(SLOTS, ids)) if ids else {}
+        free = sum(1 for s in ids if not (slots.get(s) or {}).get("holder"))
+        if size and free == 0:
+            return 0
+        # Only the runs of the first few waiting tasks can use the free slots.
+        limit = min(limit, max(free, 1) * 4)
     where = [Where("state", "==", TaskState.READY.value)]
     if pool and pool != GLOBAL_POOL:
         where.append(Where("pool", "==", pool))

@@ -23,10 +23,18 @@ The Cloud SDK is found through ``SERVO_CLOUD_SDK_ROOT``, then next to the ``gclo
 ``CLOUDSDK_CONFIG``, ``CLOUDSDK_CORE_CHECK_GCE_METADATA=false`` and ``NO_GCE_CHECK=true``, so
 nothing probes the GCE metadata server or touches the user's gcloud configuration.
 
+Object notifications: with :class:`StorageNotifications`, fake-gcs-server publishes a
+real-shaped Cloud Storage notification (attributes ``eventType``, ``bucketId``, ``objectId``,
+``objectGeneration``, ``payloadFormat=JSON_API_V1``; the object's JSON as data) to a topic of
+the Pub/Sub emulator for every object written, as a bucket's Pub/Sub notification config does
+on Google Cloud. The topic is created before fake-gcs-server starts (an event published to a
+missing topic is lost), and the Pub/Sub emulator is started first when both are wanted.
+
 Command line (``python -m servo.testing.emulators`` or ``emulators/servo-emulators``)::
 
     eval "$(emulators/servo-emulators start)"     # all services; prints export lines
     emulators/servo-emulators start firestore tasks
+    emulators/servo-emulators start --gcs-events-topic servo-gcs-landing --gcs-events-bucket landing
     emulators/servo-emulators status
     emulators/servo-emulators env                 # export lines of what runs
     emulators/servo-emulators stop
@@ -51,7 +59,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -74,9 +82,60 @@ _TASKS_READY_LINE = "Cloud Tasks fake listening on"
 _STOP_GRACE_S = 5.0
 _POLL_S = 0.05
 
+GCS_EVENT_FLAGS = {
+    "OBJECT_FINALIZE": "finalize",
+    "OBJECT_DELETE": "delete",
+    "OBJECT_METADATA_UPDATE": "metadataUpdate",
+}
+"""Cloud Storage notification event types fake-gcs-server can publish, and its name for each."""
+
 
 class EmulatorError(ServoError):
     """An emulator could not be found, started or stopped."""
+
+
+@dataclass(frozen=True)
+class StorageNotifications:
+    """Where fake-gcs-server publishes object notifications (see the module docstring).
+
+    ``events`` are notification event types (``OBJECT_FINALIZE``, ``OBJECT_DELETE``,
+    ``OBJECT_METADATA_UPDATE``); ``bucket`` and ``object_prefix`` restrict the objects that
+    notify, as a notification config's bucket and ``object_name_prefix`` do. ``pubsub_host``
+    is the Pub/Sub emulator to publish to; None means the one these :class:`Emulators` run.
+    """
+
+    topic: str
+    project: str = DEFAULT_PROJECT
+    events: tuple[str, ...] = ("OBJECT_FINALIZE",)
+    bucket: str | None = None
+    object_prefix: str | None = None
+    pubsub_host: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.events if e not in GCS_EVENT_FLAGS]
+        if not self.events or unknown:
+            raise EmulatorError(
+                f"fake-gcs-server cannot publish {unknown or 'no'} events; choose from "
+                f"{', '.join(GCS_EVENT_FLAGS)}"
+            )
+        if not self.topic or "/" in self.topic:
+            raise EmulatorError(
+                f"storage notification topic {self.topic!r} must be a topic id such as "
+                "'servo-gcs-landing' (not a full projects/... name)"
+            )
+
+    def flags(self) -> list[str]:
+        """fake-gcs-server's command-line flags for these notifications."""
+        found = [
+            *("-event.pubsub-project-id", self.project),
+            *("-event.pubsub-topic", self.topic),
+            *("-event.list", ",".join(GCS_EVENT_FLAGS[e] for e in self.events)),
+        ]
+        if self.bucket:
+            found += ["-event.bucket", self.bucket]
+        if self.object_prefix:
+            found += ["-event.object-prefix", self.object_prefix]
+        return found
 
 
 @dataclass(frozen=True)
@@ -88,6 +147,8 @@ class RunningService:
     port: int
     start_ticks: str
     log: str
+    options: list[str] = field(default_factory=list)
+    """Extra command-line flags it was started with (fake-gcs-server's notification flags)."""
 
     @property
     def host(self) -> str:
@@ -204,7 +265,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _command(service: str, port: int, state_dir: Path) -> list[str]:
+def _command(service: str, port: int, state_dir: Path, extra: Sequence[str] = ()) -> list[str]:
     if service == "firestore":
         java = shutil.which("java")
         if java is None:
@@ -233,6 +294,7 @@ def _command(service: str, port: int, state_dir: Path) -> list[str]:
             str(fake_gcs_server_binary()),
             *("-scheme", "http", "-host", HOST, "-port", str(port)),
             *("-backend", "memory", "-external-url", url, "-log-level", "warn"),
+            *extra,
         ]
     if service == "tasks":
         return [
@@ -299,12 +361,19 @@ class Emulators:
     Usable as a context manager that stops, on exit, what it started.
     """
 
-    def __init__(self, state_dir: Path | None = None, *, project: str = DEFAULT_PROJECT) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        project: str = DEFAULT_PROJECT,
+        storage_notifications: StorageNotifications | None = None,
+    ) -> None:
         if state_dir is None:
             default = Path(tempfile.gettempdir()) / f"servo-emulators-{os.getuid()}"
             state_dir = Path(os.environ.get("SERVO_EMULATORS_DIR") or default)
         self.state_dir = Path(state_dir)
         self.project = project
+        self.storage_notifications = storage_notifications
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def __enter__(self) -> Emulators:
@@ -363,6 +432,18 @@ class Emulators:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         current = self.status()
         running = {s: r for s in wanted if (r := current[s]) is not None}
+        notify = self.storage_notifications
+        if notify is not None and "storage" in wanted:
+            self._check_storage_options(running.get("storage"), notify)
+            if "storage" not in running and notify.pubsub_host is None:
+                # fake-gcs-server needs the Pub/Sub emulator's address, and the topic, first.
+                if "pubsub" in wanted and "pubsub" not in running:
+                    running.update(self.start(["pubsub"], timeout_s=timeout_s))
+                if self.status()["pubsub"] is None:
+                    raise EmulatorError(
+                        "storage notifications need the Pub/Sub emulator: start it too, or "
+                        "give StorageNotifications a pubsub_host"
+                    )
         launched = {s: self._launch(s) for s in wanted if s not in running}
         deadline = time.monotonic() + timeout_s
         pending = dict(launched)
@@ -387,12 +468,29 @@ class Emulators:
                 time.sleep(_POLL_S)
         return {service: running[service] for service in wanted}
 
+    def _check_storage_options(
+        self, record: RunningService | None, notify: StorageNotifications
+    ) -> None:
+        if record is not None and record.options != notify.flags():
+            raise EmulatorError(
+                f"fake-gcs-server already runs (pid {record.pid}) with other notification "
+                f"settings ({' '.join(record.options) or 'none'}); stop it first"
+            )
+
     def _launch(self, service: str) -> RunningService:
         port = free_port()
         workdir = self.state_dir / service
         workdir.mkdir(parents=True, exist_ok=True)
         log = self.state_dir / f"{service}.log"
-        command = _command(service, port, self.state_dir)
+        env = _child_env(self.state_dir)
+        extra: list[str] = []
+        notify = self.storage_notifications
+        if service == "storage" and notify is not None:
+            pubsub = notify.pubsub_host or self._pubsub_host()
+            create_topic(pubsub, notify.project, notify.topic)
+            env["PUBSUB_EMULATOR_HOST"] = pubsub
+            extra = notify.flags()
+        command = _command(service, port, self.state_dir, extra)
         with open(log, "wb") as output:
             child = subprocess.Popen(
                 command,
@@ -400,13 +498,21 @@ class Emulators:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=workdir,
-                env=_child_env(self.state_dir),
+                env=env,
                 start_new_session=True,  # its own process group, stopped as a whole
             )
         self._children[service] = child
-        record = RunningService(service, child.pid, port, _start_ticks(child.pid) or "", str(log))
+        record = RunningService(
+            service, child.pid, port, _start_ticks(child.pid) or "", str(log), extra
+        )
         self._record_path(service).write_text(json.dumps(asdict(record)))
         return record
+
+    def _pubsub_host(self) -> str:
+        record = self.status()["pubsub"]
+        if record is None:
+            raise EmulatorError("the Pub/Sub emulator is not running")
+        return record.host
 
     def _forget(self, service: str) -> None:
         self._record_path(service).unlink(missing_ok=True)
@@ -464,6 +570,26 @@ class Emulators:
             response.read()
 
 
+def create_topic(pubsub_host: str, project: str, topic: str) -> str:
+    """Create ``topic`` on the Pub/Sub emulator at ``pubsub_host`` unless it exists (through
+    the emulator's REST interface, so no client library is needed); its full name."""
+    name = f"projects/{project}/topics/{topic}"
+    request = urllib.request.Request(f"http://{pubsub_host}/v1/{name}", data=b"{}", method="PUT")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:  # 409: it exists already
+            raise EmulatorError(
+                f"the Pub/Sub emulator at {pubsub_host} refused to create topic {name}: "
+                f"{exc.code} {exc.read()[:300]!r}"
+            ) from None
+    except OSError as exc:
+        raise EmulatorError(f"the Pub/Sub emulator at {pubsub_host} is unreachable: {exc}") from exc
+    return name
+
+
 # -- command line -----------------------------------------------------------------------
 
 
@@ -487,8 +613,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--project", default=DEFAULT_PROJECT)
     parser.add_argument("--timeout", type=float, default=90.0)
+    parser.add_argument(
+        "--gcs-events-topic",
+        default=None,
+        metavar="TOPIC",
+        help="fake-gcs-server publishes object notifications to this Pub/Sub emulator topic",
+    )
+    parser.add_argument(
+        "--gcs-events-bucket",
+        default=None,
+        metavar="BUCKET",
+        help="only objects of this bucket notify (with --gcs-events-topic)",
+    )
+    parser.add_argument(
+        "--gcs-events",
+        default="OBJECT_FINALIZE",
+        metavar="TYPES",
+        help=f"comma-separated event types, any of {', '.join(GCS_EVENT_FLAGS)}",
+    )
     args = parser.parse_args(argv)
-    emulators = Emulators(args.state_dir, project=args.project)
+    notifications: StorageNotifications | None = None
+    if args.gcs_events_topic:
+        try:
+            notifications = StorageNotifications(
+                topic=args.gcs_events_topic,
+                project=args.project,
+                events=tuple(e.strip() for e in args.gcs_events.split(",") if e.strip()),
+                bucket=args.gcs_events_bucket,
+            )
+        except EmulatorError as exc:
+            parser.error(str(exc))
+    emulators = Emulators(args.state_dir, project=args.project, storage_notifications=notifications)
     services = args.services or list(SERVICES)
     unknown = [s for s in services if s not in SERVICES]
     if unknown:

@@ -15,6 +15,14 @@ on Google Cloud. A thread stands in for Cloud Scheduler: it POSTs to ``sweep`` e
         status, run = stack.trigger({"selection": "*"})
         stack.wait_for_run(run["run_id"])
 
+After a deploy, :meth:`ServerlessStack.wire_event_sensors` plumbs the GCS and Pub/Sub sensors
+as on Google Cloud: their topics on the Pub/Sub emulator, a push subscription on each to
+``sensor_evaluate?topic=<topic>``, and, for every bucket a GCS sensor watches, a fake-gcs-server
+of its own that publishes the bucket's object notifications to the sensor's topic (the
+bucket's notification config). Objects written there (:meth:`ServerlessStack.upload`) and
+messages published (:meth:`ServerlessStack.publish`) reach the sensors through the emulators
+only.
+
 Processes run in their own process groups and are stopped by pid (SIGTERM, then SIGKILL);
 their output goes to ``<state_dir>/logs/<name>.log``. When the four emulator variables are
 already set (a pytest fixture, ``eval "$(emulators/servo-emulators start)"``), those emulators
@@ -47,9 +55,11 @@ from servo.testing.emulators import (
     COMMON_ENV,
     DEFAULT_PROJECT,
     ENV_VARIABLES,
+    GCS_EVENT_FLAGS,
     HOST,
     SERVICES,
     Emulators,
+    StorageNotifications,
     free_port,
 )
 
@@ -116,6 +126,16 @@ class StackOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EventSensorPlumbing:
+    """What :meth:`ServerlessStack.wire_event_sensors` set up."""
+
+    wiring: Any
+    """The :class:`~servo.adapters.gcp.provision.EventSensorWiring` it created."""
+    storage: Mapping[str, str]
+    """Bucket -> URL of the fake-gcs-server publishing that bucket's notifications."""
+
+
 @dataclass
 class _Process:
     name: str
@@ -142,6 +162,10 @@ class ServerlessStack:
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._http = httpx.Client(timeout=60.0)
+        self._event_storage: dict[str, Emulators] = {}
+        self._event_storage_urls: dict[str, str] = {}
+        self._subscriptions: set[str] = set()
+        self._publisher: Any = None
         suffix = secrets.token_hex(3)
         prefix = f"projects/{self.options.project}/locations/{self.options.location}/queues"
         self.control_queue = f"{prefix}/servo-control-{suffix}"
@@ -185,6 +209,7 @@ class ServerlessStack:
             self._scheduler.join(timeout=30)
             self._scheduler = None
         self.stop_processes()
+        self._unwire_event_sensors()
         if self._emulators is not None:
             self._emulators.stop()
             self._emulators = None
@@ -456,6 +481,127 @@ class ServerlessStack:
             data = response.text
         return response.status_code, data
 
+    # -- event sensors
+
+    def wire_event_sensors(self) -> EventSensorPlumbing:
+        """Plumb the deployed GCS and Pub/Sub sensors (see the module docstring); call it
+        after :meth:`deploy`, and again after a deploy that adds a topic or a bucket.
+
+        The subscriptions are named after this stack's workspace, so stacks sharing the
+        emulators do not take each other's messages; they are deleted by :meth:`stop`.
+        """
+        from servo.adapters.gcp.provision import (
+            ensure_event_sensor_wiring,
+            event_sensor_wiring,
+        )
+        from servo.control.automation_common import current_manifest
+
+        if "sensor_evaluate" not in self.urls:
+            raise StackError("event sensors need the sensor_evaluate function in the stack")
+        manifest = current_manifest(self.ports())
+        if manifest is None:
+            raise StackError("deploy a project before wiring its event sensors")
+        opts = self.options
+        wiring = event_sensor_wiring(
+            manifest,
+            self.urls["sensor_evaluate"],
+            subscription_prefix=f"servo-{opts.workspace}-sensors-",
+        )
+        # The topics first: fake-gcs-server drops an event whose topic does not exist.
+        ensure_event_sensor_wiring(opts.project, wiring)
+        self._subscriptions.update(sub.subscription for sub in wiring.subscriptions)
+        for note in wiring.notifications:
+            if note.bucket not in self._event_storage_urls:
+                self._event_storage_urls[note.bucket] = self._start_event_storage(note)
+        return EventSensorPlumbing(wiring, dict(self._event_storage_urls))
+
+    def _start_event_storage(self, note: Any) -> str:
+        events = tuple(e for e in note.event_types if e in GCS_EVENT_FLAGS)
+        if not events:
+            raise StackError(
+                f"fake-gcs-server cannot publish {', '.join(note.event_types)} events of bucket "
+                f"{note.bucket}"
+            )
+        pubsub = os.environ.get(ENV_VARIABLES["pubsub"])
+        if not pubsub:
+            raise StackError("the Pub/Sub emulator is not running")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in note.bucket)
+        emulators = Emulators(
+            self.state_dir / "gcs-events" / safe,
+            project=self.options.project,
+            storage_notifications=StorageNotifications(
+                topic=note.topic,
+                project=self.options.project,
+                events=events,
+                bucket=note.bucket,
+                object_prefix=note.object_prefix,
+                pubsub_host=pubsub,
+            ),
+        )
+        self._event_storage[note.bucket] = emulators
+        record = emulators.start(["storage"])["storage"]
+        url = f"http://{record.host}"
+        self._event_storage_urls[note.bucket] = url
+        client = self._storage_client(url)
+        if client.lookup_bucket(note.bucket) is None:
+            client.create_bucket(note.bucket)
+        return url
+
+    def _storage_client(self, url: str) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project=self.options.project,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": url},
+        )
+
+    def event_storage_client(self, bucket: str) -> Any:
+        """A Cloud Storage client of the fake-gcs-server that notifies about ``bucket``."""
+        url = self._event_storage_urls.get(bucket)
+        if url is None:
+            raise StackError(
+                f"no GCS sensor watches bucket {bucket!r} (or wire_event_sensors was not called)"
+            )
+        return self._storage_client(url)
+
+    def upload(self, bucket: str, name: str, data: bytes | str = b"") -> int:
+        """Write object ``name`` of ``bucket`` (a watched bucket); its generation."""
+        blob = self.event_storage_client(bucket).bucket(bucket).blob(name)
+        blob.upload_from_string(data)
+        return int(blob.generation)
+
+    def publish(
+        self, topic: str, data: bytes | str = b"", attributes: Mapping[str, str] | None = None
+    ) -> str:
+        """Publish a message to ``topic`` on the Pub/Sub emulator; its message id."""
+        from servo.adapters.gcp.config import publisher_client
+
+        if self._publisher is None:
+            self._publisher = publisher_client()
+        payload = data.encode() if isinstance(data, str) else data
+        path = f"projects/{self.options.project}/topics/{topic}"
+        future = self._publisher.publish(path, payload, **dict(attributes or {}))
+        return str(future.result(timeout=60))
+
+    def _unwire_event_sensors(self) -> None:
+        if self._subscriptions:
+            from servo.adapters.gcp.provision import delete_subscriptions
+
+            try:
+                delete_subscriptions(self.options.project, sorted(self._subscriptions))
+            except ServoError as exc:
+                log.warning("could not delete the sensor subscriptions: %s", exc)
+            self._subscriptions.clear()
+        for emulators in self._event_storage.values():
+            emulators.stop()
+        self._event_storage.clear()
+        self._event_storage_urls.clear()
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher = None
+
     def trigger(self, request: Doc) -> tuple[int, Any]:
         """POST a TriggerRequest to the trigger function."""
         return self.post("trigger", request)
@@ -475,4 +621,12 @@ class ServerlessStack:
             time.sleep(poll_s)
 
 
-__all__ = ["FUNCTIONS", "WORKER", "ServerlessStack", "StackError", "StackOptions", "checkout_root"]
+__all__ = [
+    "FUNCTIONS",
+    "WORKER",
+    "EventSensorPlumbing",
+    "ServerlessStack",
+    "StackError",
+    "StackOptions",
+    "checkout_root",
+]

@@ -27,11 +27,12 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -136,6 +137,18 @@ class WorkerPool:
             self._queued += 1
             runs = self._dispatch_locked()
         self._send_runs(runs)
+
+    def warm(self, code_version: str) -> None:
+        """Start idle workers for ``code_version`` ahead of its first task (up to the pool size),
+        so that the interpreter start and the code import overlap with planning."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                while len(self._workers) < self._size:
+                    self._spawn_locked(code_version)
+            except Exception:
+                logger.exception("starting a worker process ahead of work failed")
 
     def cancel_attempt(self, run_id: str, task_id: str, attempt: int) -> bool:
         """Stop an attempt at once: drop it from the backlog, or kill the worker running it.
@@ -311,7 +324,8 @@ class WorkerPool:
             daemon=False,  # a daemonic process may not start processes, which assets may do
         )
         try:
-            process.start()
+            with _main_script_hidden():
+                process.start()
         except BaseException:
             parent_end.close()
             child_end.close()
@@ -422,6 +436,31 @@ def _signal_group(worker: _Worker, signum: int) -> None:
 def _lost_pool() -> None:
     # The pool (our parent) is gone: nobody can receive this attempt's outcome.
     os._exit(70)
+
+
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Start a spawned worker without re-running the parent's main script.
+
+    A spawned child imports the parent's ``__main__`` file (for the ``servo`` command, the
+    whole CLI) so that objects defined there can be unpickled. Workers only receive Servo's
+    own types, so the script is hidden while the child is created, saving its import time.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if main is None or path is None or spec is not None:
+        yield
+        return
+    with _MAIN_LOCK:
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = path
 
 
 def _worker_main(
