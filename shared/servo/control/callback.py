@@ -331,8 +331,12 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
                 uow, task, {k: v for k, v in held.items() if k not in used}, report.attempt
             )
             follow["handed"] = handed
+            follow["released_any"] = bool(released)
             follow["dispatch_run"] = any(d["state"] == TaskState.READY.value for _, d in released)
         if result.accepted:
+            downstream = set(task.get("downstream") or [])
+            follow["fan_in"] = bool(downstream - set(task.get("release_with") or []))
+            follow["leaf"] = not downstream
             follow["state"] = task["state"]
             follow["not_before_ms"] = task.get("not_before_ms")
             follow["now_ms"] = uow.now_ms
@@ -352,6 +356,9 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
             pools=follow.get("pools") or [],
             delay_ms=max(0, int(follow["not_before_ms"] or 0) - int(follow["now_ms"])),
             dispatch_run=follow.get("dispatch_run"),
+            fan_in=bool(follow.get("fan_in", True)),
+            leaf=bool(follow.get("leaf", True)),
+            released_any=bool(follow.get("released_any", False)),
         )
     return answer
 
@@ -366,6 +373,9 @@ def follow_up(
     pools: Sequence[str] = (),
     delay_ms: int = 0,
     dispatch_run: bool | None = None,
+    fan_in: bool = True,
+    leaf: bool = True,
+    released_any: bool = False,
 ) -> None:
     """Work that follows a task's transition once it is committed: release downstream tasks,
     skip them after a final failure, schedule a retry, free pool capacity, finish the run.
@@ -373,7 +383,11 @@ def follow_up(
     Every step is idempotent and is repeated when a report is redelivered (a duplicate report
     still runs its follow-up), and the sweep repeats whatever a crash interrupts, so losing this
     work delays it but never loses it. ``dispatch_run`` says whether released tasks are still
-    waiting for a dispatch (False when the callback dispatched them itself).
+    waiting for a dispatch (False when the callback dispatched them itself); ``fan_in`` whether
+    the task has downstream tasks with several upstream tasks; ``leaf`` whether it has no
+    downstream task at all; ``released_any`` whether its success released downstream tasks.
+    A success that released something cannot be a run's last event, so only the others
+    check whether the run is finished.
     """
     if state == TaskState.RETRY_WAIT.value:
         ports.queue.enqueue(
@@ -382,8 +396,9 @@ def follow_up(
             name=f"retry-{run_id}-{task_id}-{attempt}",
             delay_s=delay_ms / 1000,
         )
+    fanned_in: list[str] = []
     if state == TaskState.SUCCEEDED.value:
-        fanned_in = release_fan_in(ports, run_id, task_id)
+        fanned_in = release_fan_in(ports, run_id, task_id) if fan_in else []
         # ``dispatch_run`` is None when unknown (a redelivered report): dispatch to be safe.
         if fanned_in or dispatch_run is None or dispatch_run:
             ports.queue.enqueue(TOPIC_DISPATCH, {"run_id": run_id})
@@ -391,7 +406,10 @@ def follow_up(
         skip_downstream(ports, run_id, [task_id])
     for pool in sorted(set(pools)):
         ports.queue.enqueue(TOPIC_DISPATCH, {"pool": pool})
-    if state in (TaskState.SUCCEEDED.value, TaskState.FAILED.value, TaskState.CANCELLED.value):
+    succeeded_last = state == TaskState.SUCCEEDED.value and (
+        leaf or not (released_any or fanned_in)
+    )
+    if succeeded_last or state in (TaskState.FAILED.value, TaskState.CANCELLED.value):
         ports.queue.enqueue(TOPIC_FINALIZE, {"run_id": run_id})
 
 
