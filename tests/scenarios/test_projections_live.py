@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from conftest import DEFS_HEADER, wait_until
+from conftest import DEFS_HEADER, WAIT_S, wait_until
 from servo.api.routes import TextResponse, route
 from servo.local import summarize
 from servo.projections.compaction import Compactor
@@ -42,6 +43,31 @@ defs = Definitions(assets=[source, flaky])
 )
 
 
+class HoldHousekeeping:
+    """A ``Ports.crash`` hook that holds the control plane's housekeeping thread in its first
+    drain until released.
+
+    The sweep (housekeeping) is a safety net that runs outside any trace: if it dispatches a
+    task in the instant between a traced message making the task READY and that message
+    dispatching it, the attempt starts a trace of its own. Holding the sweep while the run
+    executes leaves every dispatch to the traced messages, so the trace checked below is the
+    same on every run, however the threads are scheduled.
+    """
+
+    def __init__(self) -> None:
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, point: str) -> None:
+        if (
+            point == "drain.after_segment"
+            and threading.current_thread().name == "servo-housekeeping"
+            and not self.release.is_set()
+        ):
+            self.holding.set()
+            self.release.wait(WAIT_S)
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
@@ -53,8 +79,14 @@ def spans() -> Iterator[InMemorySpanExporter]:
 def test_a_real_run_is_traced_projected_and_measured(
     scenario: ScenarioFactory, spans: InMemorySpanExporter
 ) -> None:
-    s = scenario(DEFS, settings={"compaction_interval_s": 0.2})
-    run = s.run("source+")
+    hold = HoldHousekeeping()
+    s = scenario(DEFS, settings={"compaction_interval_s": 0.2}, crash=hold)
+    # The deployment's event is drained by the first housekeeping pass, which then waits.
+    assert hold.holding.wait(WAIT_S), "the housekeeping thread never drained the outbox"
+    try:
+        run = s.run("source+")
+    finally:
+        hold.release.set()
     assert run["state"] == "SUCCEEDED"
     run_id = run["run_id"]
 

@@ -263,6 +263,7 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
                     "error": None,
                     "output_path": outcome.output.path if outcome.output else None,
                 },
+                event_data={"error": None, "duration_ms": outcome.duration_ms},
             )
             new = result.accepted and not result.duplicate
             if new:
@@ -277,6 +278,10 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
                 extra={
                     **base,
                     "error": outcome.error.model_dump(mode="json") if outcome.error else None,
+                },
+                event_data={
+                    "error": outcome.error.message if outcome.error else None,
+                    "duration_ms": outcome.duration_ms,
                 },
             )
             new = result.accepted and not result.duplicate
@@ -294,6 +299,7 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
                     event, attempt=report.attempt, retryable=retryable, reason=_first_line(message)
                 ),
                 extra={**base, "error": error.model_dump(mode="json") if error else None},
+                event_data={"error": message, "duration_ms": outcome.duration_ms},
             )
             new = result.accepted and not result.duplicate
             if new and task["state"] == TaskState.RETRY_WAIT.value:
@@ -458,8 +464,9 @@ def _commit_output(
             "size": record["size"],
             "metadata": record["metadata"],
             "code_version": run["code_version"],
-            "inputs": task.get("inputs") or [],
+            "inputs": [i.model_dump(mode="json") for i in outcome.inputs],
         },
+        data_version=2,
     )
     for c in outcome.checks:
         uow.emit(

@@ -173,6 +173,7 @@ def apply_task(
     if extra:
         fields.update(extra)
     if new.state != facts.state or signal.event is not TaskEvent.HEARTBEAT:
+        data_version = 2 if event_data and "duration_ms" in event_data else 1
         uow.emit(
             ev.TASK_STATE,
             run_id=run_id,
@@ -187,6 +188,7 @@ def apply_task(
                 "reason": outcome.reason,
                 **(dict(event_data) if event_data else {}),
             },
+            data_version=data_version,
         )
     uow.update(TASKS, task_doc_id(run_id, task_id), fields)
     doc.update(fields)

@@ -31,9 +31,17 @@ from servo.control.common import (
 from servo.control.deploy import load_manifest
 from servo.control.uow import Cause, UnitOfWork, in_uow
 from servo.core.keys import PartitionKey
-from servo.core.mappings import default_mapping, mapping_from_spec
+from servo.core.mappings import (
+    IdentityPartitionMapping,
+    LastPartitionMapping,
+    PartitionMapping,
+    TimeWindowPartitionMapping,
+    default_mapping,
+    mapping_from_spec,
+)
 from servo.core.partitions import (
     PartitionContext,
+    PartitionsDefinition,
     TimeWindowPartitionsDefinition,
     partitions_from_spec,
 )
@@ -272,15 +280,17 @@ def build_envelope(ports: Ports, task: Doc, settings: Settings | None = None) ->
     if isinstance(parts, TimeWindowPartitionsDefinition) and pkey is not None:
         w = parts.window(pkey)
         window = (w.start.isoformat(), w.end.isoformat())
-    inputs: list[tuple[str | None, str, list[str | None]]] = []
+    inputs: list[tuple[str | None, str, list[str | None], bool | None]] = []
     wanted: list[str] = []
     for dep in spec.deps:
         up = manifest.assets_by_key[dep.asset]
         up_parts = partitions_from_spec(up.partitions) if up.partitions else None
+        as_mapping: bool | None = None
         if up_parts is None:
             keys: list[str | None] = [None]
         elif parts is None or pkey is None:
             keys = [k.canonical() for k in up_parts.keys(ctx)]
+            as_mapping = True  # every partition of the upstream, by partition key
         else:
             mapping = (
                 mapping_from_spec(dep.mapping) if dep.mapping else default_mapping(up_parts, parts)
@@ -290,7 +300,8 @@ def build_envelope(ports: Ports, task: Doc, settings: Settings | None = None) ->
                 k.canonical() if k is not None else None
                 for k in mapping.upstream_keys(pkey, up_parts, parts, ctx)
             ]
-        inputs.append((dep.input_name, dep.asset, keys))
+            as_mapping = not _one_to_one(mapping, up_parts, parts)
+        inputs.append((dep.input_name, dep.asset, keys, as_mapping))
         wanted.extend(asset_partition_id(dep.asset, k) for k in keys)
     pointers: dict[str, Doc] = {}
     if wanted:
@@ -299,12 +310,13 @@ def build_envelope(ports: Ports, task: Doc, settings: Settings | None = None) ->
         InputRef(
             input_name=name,
             asset=asset,
+            as_mapping=as_mapping,
             partitions=keys,
             paths=[
                 (pointers.get(asset_partition_id(asset, k)) or {}).get("output_path") for k in keys
             ],
         )
-        for name, asset, keys in inputs
+        for name, asset, keys, as_mapping in inputs
     ]
     attempt = int(task["attempt"])
     return TaskEnvelope(
@@ -338,6 +350,24 @@ def build_envelope(ports: Ports, task: Doc, settings: Settings | None = None) ->
         ),
         run_tags=dict(run.get("tags") or {}),
     )
+
+
+def _one_to_one(
+    mapping: PartitionMapping, upstream: PartitionsDefinition, downstream: PartitionsDefinition
+) -> bool:
+    """Whether ``mapping`` always reads exactly one upstream partition, so the asset function
+    gets the value itself rather than a {partition: value} mapping (whatever the count today)."""
+    if isinstance(mapping, (IdentityPartitionMapping, LastPartitionMapping)):
+        return True
+    if isinstance(mapping, TimeWindowPartitionMapping):
+        return (
+            mapping.start_offset == 0
+            and mapping.end_offset == 0
+            and isinstance(upstream, TimeWindowPartitionsDefinition)
+            and isinstance(downstream, TimeWindowPartitionsDefinition)
+            and upstream.unit == downstream.unit
+        )
+    return False
 
 
 def send_envelope(ports: Ports, task: Doc, settings: Settings) -> None:

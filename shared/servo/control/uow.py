@@ -106,30 +106,33 @@ class UnitOfWork:
         task_id: str | None = None,
         attempt: int | None = None,
         data: Mapping[str, Any] | None = None,
+        data_version: int = 1,
     ) -> str:
-        """Record an event in this transaction; returns its id."""
+        """Record an event in this transaction; returns its id. ``data_version`` is the shape
+        of ``data`` for the event's type (readers upcast older shapes)."""
         eid = self.ports.ids.new_id("e")
-        self.events.append(
-            {
-                "id": eid,
-                "type": type_,
-                "specversion": EVENT_SPEC_VERSION,
-                "source": self.cause.source,
-                "time": ms_to_iso(self.now_ms),
-                "time_ms": self.now_ms,
-                "tenant": self.ports.tenant,
-                "workspace": self.ports.workspace,
-                "run_id": run_id,
-                "task_id": task_id,
-                "attempt": attempt,
-                "correlation_id": self.cause.correlation_id or run_id,
-                "causation_id": self.cause.causation_id,
-                "actor": self.cause.actor,
-                "lc": self.next_lc,
-                "seq": len(self.events),
-                "data": dict(data or {}),
-            }
-        )
+        event: Doc = {
+            "id": eid,
+            "type": type_,
+            "specversion": EVENT_SPEC_VERSION,
+            "source": self.cause.source,
+            "time": ms_to_iso(self.now_ms),
+            "time_ms": self.now_ms,
+            "tenant": self.ports.tenant,
+            "workspace": self.ports.workspace,
+            "run_id": run_id,
+            "task_id": task_id,
+            "attempt": attempt,
+            "correlation_id": self.cause.correlation_id or run_id,
+            "causation_id": self.cause.causation_id,
+            "actor": self.cause.actor,
+            "lc": self.next_lc,
+            "seq": len(self.events),
+            "data": dict(data or {}),
+        }
+        if data_version != 1:
+            event["dataversion"] = data_version
+        self.events.append(event)
         return eid
 
     def flush_events(self) -> None:

@@ -90,12 +90,21 @@ class OutputRef(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class InputRead(_Model):
+    """A committed upstream output an attempt read (its lineage)."""
+
+    asset: str
+    partition: str | None = None
+    output_path: str | None = None
+
+
 class Outcome(_Model):
     status: Literal["succeeded", "failed", "cancelled"]
     error: TaskError | None = None
     output: OutputRef | None = None
     checks: list[CheckOutcome] = Field(default_factory=list)
     duration_ms: int = 0
+    inputs: list[InputRead] = Field(default_factory=list)
 
 
 class Answer(_Model):

@@ -51,6 +51,7 @@ from servo.worker.envelope import (
     CheckOutcome,
     CheckRef,
     ControlChannel,
+    InputRead,
     InputRef,
     Outcome,
     OutputRef,
@@ -792,7 +793,18 @@ def _execute_started(
         output=result.output,
         checks=result.checks,
         duration_ms=_elapsed_ms(began),
+        inputs=_inputs_read(envelope),
     )
+
+
+def _inputs_read(envelope: TaskEnvelope) -> list[InputRead]:
+    """The committed upstream outputs the attempt was given (its lineage)."""
+    return [
+        InputRead(asset=ref.asset, partition=partition, output_path=path)
+        for ref in envelope.inputs
+        for partition, path in zip(ref.partitions, ref.paths, strict=False)
+        if path is not None
+    ]
 
 
 def _note_error(capture: OutputCapture, error: TaskError) -> None:

@@ -2,17 +2,19 @@
 # to its function with an OIDC token of the scheduler account.
 
 locals {
+  fixed_schedules = {
+    # The safety net (lost messages, silent workers, timeouts, retries), then the outbox
+    # drained into ledger segments.
+    sweep = "* * * * *"
+    # The schedules due, then asset automation.
+    tick = "* * * * *"
+    # New ledger segments folded into the Parquet projections.
+    compaction = var.compaction_schedule
+  }
+
+  # The interval sensors too (event sensors are pushed to sensor_evaluate by Pub/Sub).
   scheduled_steps = merge(
-    {
-      # The safety net (lost messages, silent workers, timeouts, retries), then the outbox
-      # drained into ledger segments.
-      sweep = "* * * * *"
-      # The schedules due, then asset automation.
-      tick = "* * * * *"
-      # New ledger segments folded into the Parquet projections.
-      compaction = var.compaction_schedule
-    },
-    # The interval sensors (event sensors are pushed to sensor_evaluate by Pub/Sub).
+    local.fixed_schedules,
     { for step, schedule in { sensor_evaluate = var.sensor_evaluate_schedule } : step => schedule if schedule != null },
   )
 }

@@ -4,14 +4,16 @@
 
 locals {
   # What servo.worker.service.WorkerConfig.from_env reads.
+  worker_base_environment = {
+    SERVO_GCP_PROJECT      = var.project_id
+    SERVO_BUCKET           = google_storage_bucket.data.name
+    SERVO_CALLBACK_URL     = local.function_urls["callback"]
+    SERVO_WORKER_PROCESSES = tostring(var.worker_processes)
+    SERVO_ID_TOKEN_SOURCE  = "metadata"
+  }
+
   worker_environment = merge(
-    {
-      SERVO_GCP_PROJECT      = var.project_id
-      SERVO_BUCKET           = google_storage_bucket.data.name
-      SERVO_CALLBACK_URL     = local.function_urls["callback"]
-      SERVO_WORKER_PROCESSES = tostring(var.worker_processes)
-      SERVO_ID_TOKEN_SOURCE  = "metadata"
-    },
+    local.worker_base_environment,
     { for name, value in { SERVO_STORAGE_PREFIX = var.storage_prefix } : name => value if value != "" },
     local.tracing_environment,
   )
