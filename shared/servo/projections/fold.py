@@ -1,16 +1,23 @@
 """The fold: ledger events -> rows of the projection tables.
 
-Folding happens in three steps:
+Folding happens in DuckDB, with no Python work per event beyond encoding it:
 
-1. :func:`contributions` reads every event once in Python: it drops duplicates (by id) and
-   malformed events, upcasts ``data`` to the newest version this reader knows, and produces
-   one flat *staging* row per event (the envelope, ``data`` as JSON, the partition as users
-   write it). Unknown types are kept, marked ``known = false``.
-2. :func:`fold_tables` derives every table's rows from the staging rows in DuckDB (vectorized
-   SQL, :data:`CONTRIBUTIONS`): a task's state change contributes a ``tasks`` row with only its
-   state columns set, an ``attempts`` row, maybe a ``partitions`` row, and so on. Values of the
-   wrong type become NULL there instead of failing.
-3. The rows of each key merge by the table's rules (:func:`merge_sql`,
+1. Events are written as JSON lines to a temporary file (:class:`EventLines`), each line an
+   object with an ``events`` list: a ledger segment exactly as stored (gzip-compressed or not,
+   no decoding in Python at all), or a chunk of events already decoded into dicts (one call of
+   the C JSON encoder per chunk).
+2. :func:`stage` reads the file with DuckDB's JSON reader into a *staging* table, one row per
+   distinct event: it drops malformed events (no string ``id`` or ``type``) and duplicates (by
+   id; the first one read wins), classifies the rest as
+   :func:`~servo.projections.schema.classify` does (unknown types and versions are kept,
+   marked ``known = false``), coerces values of the wrong type (:data:`COERCIONS`), upcasts
+   ``data`` to the newest version this reader knows
+   (:data:`~servo.projections.schema.SQL_UPCASTERS`), and adds the event's causal position
+   ``ord`` and its parsed ``data`` fields ``d``.
+3. :func:`derive_tables` derives every table's rows from the staging table (vectorized SQL,
+   :data:`CONTRIBUTIONS`): a task's state change contributes a ``tasks`` row with only its
+   state columns set, an ``attempts`` row, maybe a ``partitions`` row, and so on. The rows of
+   each key then merge by the table's rules (:func:`merge_sql`,
    :class:`~servo.projections.schema.Group`).
 
 Every merge rule is idempotent, commutative and associative, and ``ord`` (Lamport clock, then
@@ -18,35 +25,41 @@ time, then event id) breaks every tie, so the result depends only on the *set* o
 duplicates and out-of-order delivery change nothing, and merging already-merged files gives
 the same table as folding all events at once. Compaction relies on that to fold only new
 events into delta files and merge files later.
+
+``data`` is stored as DuckDB writes JSON (members in the order the emitter wrote them, no
+whitespace), whichever way an event arrives, so a segment read as stored and the same events
+read as dicts fold to the same rows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
+import gzip
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from servo.core.errors import PartitionError
+from servo.adapters.segments import GZIP_MAGIC
+from servo.core.errors import PartitionError, ServoError
 from servo.core.keys import PartitionKey
 from servo.projections.schema import (
     BACKFILL_PREFIX,
     DATA_VERSIONS,
     ENVELOPE_VERSION,
+    SQL_NORMALIZERS,
+    SQL_UPCASTERS,
     TABLE_SPECS,
     TICK_PREFIXES,
     TableSpec,
-    classify,
-    event_data,
-    input_ref,
 )
 
 TERMINAL_TASK = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
@@ -63,9 +76,10 @@ COMPLETION_EVENTS = (
 MATERIALIZATION = "servo.asset.materialized"
 MAX_LC = 10**12 - 1
 MAX_TIME_MS = 10**13 - 1
+# Events encoded per JSON line when they arrive as dicts: big enough that the encoder's call
+# overhead vanishes, small enough that DuckDB's reader splits a batch over its threads.
+CHUNK_EVENTS = 1_000
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-_dumps = _ENCODER.encode
 _names = itertools.count()
 
 
@@ -80,33 +94,6 @@ def connect() -> duckdb.DuckDBPyConnection:
 def order_key(lc: int, time_ms: int, event_id: str) -> str:
     """An event's causal position as a string that sorts like ``(lc, time_ms, id)``."""
     return f"{lc:012d}{time_ms:013d}{event_id}"
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _iso_ms(text: Any) -> int | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
-def _time_ms(event: Mapping[str, Any]) -> int:
-    value = event.get("time_ms")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return _iso_ms(event.get("time")) or 0
 
 
 @dataclass
@@ -136,203 +123,261 @@ class FoldStats:
         }
 
 
-STAGING_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("type", pa.string()),
-        ("run_id", pa.string()),
-        ("task_id", pa.string()),
-        ("attempt", pa.int64()),
-        ("lc", pa.int64()),
-        ("time_ms", pa.int64()),
-        ("seq", pa.int64()),
-        ("source", pa.string()),
-        ("actor", pa.string()),
-        ("correlation_id", pa.string()),
-        ("causation_id", pa.string()),
-        ("specversion", pa.int64()),
-        ("dataversion", pa.int64()),
-        ("known", pa.bool_()),
-        ("data", pa.string()),
-        ("partition_user", pa.string()),
-    ]
+# ----------------------------------------------------------------------------- encoding
+
+# ensure_ascii: the text is then plain ASCII, so encoding it to bytes is a copy.
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False).encode
+
+
+class EventLines:
+    """Events as JSON lines in a temporary file, the form :func:`stage` reads.
+
+    Each line is an object with an ``events`` list: a ledger segment as stored, or a chunk of
+    events given as dicts. The file is deleted on :meth:`close` (or leaving a ``with`` block).
+    Events that cannot be encoded as JSON (a value that is not JSON, an event that is not a
+    mapping) are left out and counted in :attr:`unencodable`.
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="servo-fold-", suffix=".jsonl", dir=directory)
+        self._file = os.fdopen(fd, "wb")
+        self.lines = 0
+        self.unencodable = 0
+        self.longest = 0
+
+    def __enter__(self) -> EventLines:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close and delete the file."""
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def flush(self) -> None:
+        """Make everything written so far readable by another reader of the file."""
+        self._file.flush()
+
+    def _write(self, line: bytes) -> None:
+        self._file.write(line)
+        self._file.write(b"\n")
+        self.lines += 1
+        self.longest = max(self.longest, len(line))
+
+    def add_events(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Append events given as dicts (any iterable, consumed once)."""
+        iterator = iter(events)
+        while chunk := list(itertools.islice(iterator, CHUNK_EVENTS)):
+            try:
+                text = _encode(chunk)
+            except (TypeError, ValueError):
+                text = self._encode_one_by_one(chunk)
+            self._write(b'{"events":' + text.encode("ascii") + b"}")
+
+    def _encode_one_by_one(self, chunk: Sequence[Any]) -> str:
+        parts = []
+        for event in chunk:
+            try:
+                if not isinstance(event, Mapping):
+                    raise TypeError("an event must be a mapping")
+                parts.append(_encode(event if type(event) is dict else dict(event)))
+            except (TypeError, ValueError):
+                self.unencodable += 1
+        return "[" + ",".join(parts) + "]"
+
+    def add_segment(self, body: bytes) -> None:
+        """Append a ledger segment as stored (``{"stream", "seq", "events"}`` JSON, maybe
+        gzip-compressed)."""
+        if body[:2] == GZIP_MAGIC:
+            body = gzip.decompress(body)
+        body = body.strip()
+        if b"\n" in body or b"\r" in body:
+            # Written with line breaks (the ledger's encoder never does): one line it must be.
+            body = json.dumps(json.loads(body), separators=(",", ":")).encode()
+        self._write(body)
+
+
+# ----------------------------------------------------------------------------- staging
+
+# The envelope as read: values whose JSON type matters are kept as JSON text and coerced below;
+# text fields take any value (a number becomes its JSON text).
+_ENVELOPE = {
+    "id": "JSON",
+    "type": "JSON",
+    "specversion": "JSON",
+    "dataversion": "JSON",
+    "time": "VARCHAR",
+    "time_ms": "JSON",
+    "run_id": "VARCHAR",
+    "task_id": "VARCHAR",
+    "attempt": "JSON",
+    "correlation_id": "VARCHAR",
+    "causation_id": "VARCHAR",
+    "actor": "VARCHAR",
+    "source": "VARCHAR",
+    "lc": "JSON",
+    "seq": "JSON",
+    "data": "JSON",
+}
+_EVENT_STRUCT = "STRUCT(" + ", ".join(f'"{k}" {t}' for k, t in _ENVELOPE.items()) + ")"
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _is_integer(x: str) -> str:
+    # JSON text of an integer: a number without fraction or exponent.
+    return (
+        f"(TRY_CAST({x} AS DOUBLE) IS NOT NULL AND NOT (contains({x}, '.') "
+        f"OR contains({x}, 'e') OR contains({x}, 'E')))"
+    )
+
+
+def _number(x: str) -> str:
+    # The number a JSON value holds, as Python's int() would read it (a string holding a number
+    # counts; booleans, null, lists and objects do not), as a DOUBLE to clamp huge values.
+    return (
+        f"(CASE WHEN starts_with({x}, '\"') THEN TRY_CAST(json_extract_string({x}, '$') AS DOUBLE)"
+        f" WHEN starts_with({x}, '[') OR starts_with({x}, '{{') THEN NULL"
+        f" ELSE TRY_CAST({x} AS DOUBLE) END)"
+    )
+
+
+def _integer_or_null(x: str) -> str:
+    number = _number(x)
+    return (
+        f"(CASE WHEN {_is_integer(x)} THEN TRY_CAST({x} AS BIGINT) "
+        f"WHEN isfinite({number}) THEN TRY_CAST(trunc({number}) AS BIGINT) END)"
+    )
+
+
+def _clamped(number: str, high: int) -> str:
+    return (
+        f"CAST(least({high}, greatest(0, coalesce(CASE WHEN isfinite({number}) "
+        f"THEN trunc({number}) END, 0))) AS BIGINT)"
+    )
+
+
+def _version(x: str) -> str:
+    # schema._as_int(value, 1): an integer, or a string of digits; anything else counts as 1.
+    return (
+        f"coalesce(CASE WHEN {_is_integer(x)} THEN TRY_CAST({x} AS DOUBLE) "
+        f"WHEN starts_with({x}, '\"') AND regexp_full_match(json_extract_string({x}, '$'), "
+        f"'[0-9]+') THEN TRY_CAST(json_extract_string({x}, '$') AS DOUBLE) END, 1)"
+    )
+
+
+def _string(x: str) -> str:
+    return f"CASE WHEN starts_with({x}, '\"') THEN json_extract_string({x}, '$') END"
+
+
+# How values of the wrong type are read (``e`` is the event as read, see _ENVELOPE):
+COERCIONS: dict[str, str] = {
+    "id": _string("e.id"),
+    "type": _string("e.type"),
+    "run_id": "e.run_id",
+    "task_id": "e.task_id",
+    "attempt": _integer_or_null("e.attempt"),
+    # A Lamport clock that is not an integer in range reads as the nearest one (0 if none).
+    "lc": _clamped(_number("e.lc"), MAX_LC),
+    # Milliseconds that are not an integer: from the ISO `time`, or 0.
+    "time_ms": _clamped(
+        f"CASE WHEN {_is_integer('e.time_ms')} THEN TRY_CAST(e.time_ms AS DOUBLE) "
+        "ELSE CAST(epoch_ms(TRY_CAST(e.time AS TIMESTAMPTZ)) AS DOUBLE) END",
+        MAX_TIME_MS,
+    ),
+    "seq": _integer_or_null("e.seq"),
+    "source": "e.source",
+    "actor": "e.actor",
+    "correlation_id": "e.correlation_id",
+    "causation_id": "e.causation_id",
+    "specversion": (
+        f"CASE WHEN {_is_integer('e.specversion')} THEN TRY_CAST(e.specversion AS BIGINT) "
+        f"ELSE coalesce(nullif({_integer_or_null('e.specversion')}, 0), 1) END"
+    ),
+    "dataversion_given": f"nullif({_integer_or_null('e.dataversion')}, 0)",
+    "sv": _version("e.specversion"),
+    "dv": _version("e.dataversion"),
+    "raw": "e.data",
+}
+
+_NEWEST = (
+    "CASE type "
+    + " ".join(f"WHEN {_sql_text(t)} THEN {v}" for t, v in sorted(DATA_VERSIONS.items()))
+    + " END"
+)
+_GENERIC = " OR ".join(
+    f"starts_with(type, {_sql_text(p)})" for p in (*TICK_PREFIXES, BACKFILL_PREFIX)
 )
 
 
-@dataclass
-class Contributions:
-    """A batch of events read for folding: one staging row per distinct event."""
-
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    stats: FoldStats = field(default_factory=FoldStats)
-
-    def staging(self) -> pa.Table:
-        """The staging rows as Arrow (malformed values coerced to the column's type)."""
-        if not self.rows:
-            return STAGING_SCHEMA.empty_table()
-        with gc_paused():
-            return self._staging()
-
-    def _staging(self) -> pa.Table:
-        arrays = []
-        for col, f in zip(zip(*self.rows, strict=True), STAGING_SCHEMA, strict=True):
-            try:
-                arrays.append(pa.array(col, type=f.type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-                # Well-formed values pass through unchecked; a malformed event (a number
-                # where a string belongs, …) is coerced here instead of failing the batch.
-                arrays.append(pa.array([_coerce(v, f.type) for v in col], type=f.type))
-        return pa.Table.from_arrays(arrays, schema=STAGING_SCHEMA)
+def _current_data() -> str:
+    """SQL of a known event's data in the newest shape (from ``base``: its data object, or
+    ``{}``; ``dv``: the version it was written in)."""
+    branches = []
+    for type_, newest in sorted(DATA_VERSIONS.items()):
+        data = "base"
+        for version in range(1, newest):
+            step = SQL_UPCASTERS.get((type_, version))
+            if step is not None:
+                data = f"(CASE WHEN dv <= {version} THEN {step(data)} ELSE {data} END)"
+        normalize = SQL_NORMALIZERS.get(type_)
+        if normalize is not None:
+            data = normalize(data)
+        if data != "base":
+            branches.append(f"WHEN {_sql_text(type_)} THEN {data}")
+    return f"CASE type {' '.join(branches)} ELSE base END" if branches else "base"
 
 
-def _coerce(value: Any, type_: pa.DataType) -> Any:
-    if value is None:
-        return None
-    if pa.types.is_string(type_):
-        return value if isinstance(value, str) else _dumps(value)
-    if pa.types.is_boolean(type_):
-        return bool(value)
-    number = _int_or_none(value)
-    return number if number is not None and -(2**63) <= number < 2**63 else None
-
-
-class _PartitionNames:
-    """Canonical partition key -> the form users type, memoized (one parse per key)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, str] = {}
-
-    def user(self, canonical: Any) -> str | None:
-        if not isinstance(canonical, str):
-            return None
-        found = self._cache.get(canonical)
-        if found is None:
-            try:
-                found = PartitionKey.parse_canonical(canonical).user_string()
-            except PartitionError:
-                found = canonical
-            if len(self._cache) < 1_000_000:
-                self._cache[canonical] = found
-        return found
-
-
-_NAMES = _PartitionNames()
-
-
-def partition_user(canonical: str | None) -> str | None:
-    """A canonical partition key as users write it (``2024-01-05|eu``)."""
-    return _NAMES.user(canonical)
-
-
-def contributions(
-    events: Iterable[Mapping[str, Any]], seen: set[str] | None = None
-) -> Contributions:
-    """Read events for folding (see the module docstring).
-
-    ``seen`` holds event ids already read in this fold; it is updated, so a caller folding a
-    stream in batches can pass the same set to every call.
-    """
-    with gc_paused():
-        return _contributions(events, set() if seen is None else seen)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: the fold allocates many small objects and keeps
-    them (nothing here forms cycles), and every collection would scan the whole heap."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _contributions(events: Iterable[Mapping[str, Any]], seen: set[str]) -> Contributions:
-    out = Contributions()
-    stats = out.stats
-    rows = out.rows
-    append = rows.append
-    user_of = _NAMES.user
-    versions = DATA_VERSIONS
-    dumps = _dumps
-    max_time = 0
-    n = 0
-    for e in events:
-        n += 1
-        eid = e.get("id")
-        type_ = e.get("type")
-        newest = versions.get(type_) if type(type_) is str else None
-        sv = e.get("specversion", 1)
-        dv = e.get("dataversion")
-        # The common case first: a known type at a version this reader knows.
-        if (
-            newest is not None
-            and type(eid) is str
-            and type(sv) is int
-            and sv <= ENVELOPE_VERSION
-            and (dv is None or (type(dv) is int and dv <= newest))
-        ):
-            known = True
-        else:
-            readable = classify(e)
-            if readable == "malformed":
-                stats.malformed += 1
-                continue
-            known = readable == "current"
-        if eid in seen:
-            stats.duplicates += 1
-            continue
-        seen.add(eid)  # type: ignore[arg-type]
-        if not known:
-            stats.unknown += 1
-        lc = e.get("lc")
-        if type(lc) is not int or not 0 <= lc <= MAX_LC:
-            lc = min(MAX_LC, max(0, _int_or_none(lc) or 0))
-        tms = e.get("time_ms")
-        if type(tms) is not int or not 0 <= tms <= MAX_TIME_MS:
-            tms = min(MAX_TIME_MS, max(0, _time_ms(e)))
-        if tms > max_time:  # noqa: PLR1730 - cheaper than max() in this loop
-            max_time = tms
-        raw = e.get("data")
-        if known:
-            if (1 if dv is None else dv) == newest and type(raw) is dict:
-                data = raw
-            else:
-                data = event_data(e)
-            if type_ == MATERIALIZATION:
-                inputs = data.get("inputs")
-                refs = [input_ref(i) for i in inputs] if isinstance(inputs, list) else []
-                data = {**data, "inputs": [r for r in refs if r is not None]}
-            dataversion = newest or _int_or_none(dv) or 1
-        else:
-            data = dict(raw) if isinstance(raw, Mapping) else {"value": raw}
-            dataversion = _int_or_none(dv) or 1
-        append(
-            (
-                eid,
-                type_,
-                e.get("run_id"),
-                e.get("task_id"),
-                e.get("attempt"),
-                lc,
-                tms,
-                e.get("seq"),
-                e.get("source"),
-                e.get("actor"),
-                e.get("correlation_id"),
-                e.get("causation_id"),
-                sv if type(sv) is int else (_int_or_none(sv) or 1),
-                dataversion,
-                known,
-                dumps(data),
-                user_of(data.get("partition")),
+def _staging_sql(view: str, source: str) -> str:
+    coerced = ", ".join(f"{sql} AS {name}" for name, sql in COERCIONS.items())
+    return f"""
+        CREATE OR REPLACE TEMP TABLE {view} AS
+        SELECT pos, id, type, run_id, task_id, attempt, lc, time_ms, seq, source, actor,
+               correlation_id, causation_id, specversion,
+               CASE WHEN known THEN coalesce(newest, dataversion_given, 1)
+                    ELSE coalesce(dataversion_given, 1) END AS dataversion,
+               known, data,
+               lpad(CAST(lc AS VARCHAR), 12, '0') || lpad(CAST(time_ms AS VARCHAR), 13, '0') || id
+                 AS ord,
+               json_transform(data, '{_DATA_STRUCT}') AS d
+        FROM (
+            SELECT *,
+                   CASE WHEN NOT known THEN
+                            CASE WHEN starts_with(raw, '{{') THEN raw
+                                 ELSE '{{"value":' || coalesce(raw, 'null') || '}}' END
+                        ELSE {_current_data()} END AS data
+            FROM (
+                SELECT *, CASE WHEN starts_with(raw, '{{') THEN raw ELSE '{{}}' END AS base,
+                       id IS NOT NULL AND type IS NOT NULL AND sv <= {ENVELOPE_VERSION}
+                       AND CASE WHEN newest IS NULL THEN {_GENERIC} ELSE dv <= newest END
+                         AS known
+                FROM (SELECT *, {_NEWEST} AS newest FROM (
+                    SELECT row_number() OVER () AS pos, {coerced}
+                    FROM (SELECT unnest(events) AS e FROM {source})
+                ))
             )
         )
-    stats.events += n
-    stats.max_time_ms = max(stats.max_time_ms, max_time)
-    return out
+    """
+
+
+def _read_sql(lines: EventLines) -> str:
+    path = _sql_text(lines.path)
+    size = max(16 * 2**20, lines.longest + 1)
+    return (
+        f"read_json({path}, format = 'newline_delimited', maximum_object_size = {size}, "
+        f"columns = {{'events': '{_EVENT_STRUCT}[]'}})"
+    )
 
 
 # ----------------------------------------------------------------------------- derivation
@@ -554,16 +599,6 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def staging_view_sql(view: str, source: str) -> str:
-    """The staging rows of ``source`` with ``ord`` and the parsed ``data`` fields ``d``,
-    materialized once (every table reads it)."""
-    return (
-        f"CREATE OR REPLACE TEMP TABLE {view} AS SELECT *, "
-        "lpad(CAST(lc AS VARCHAR), 12, '0') || lpad(CAST(time_ms AS VARCHAR), 13, '0') || id "
-        f"AS ord, json_transform(data, '{_DATA_STRUCT}') AS d FROM {source}"
-    )
-
-
 def merge_sql(spec: TableSpec, source: str) -> str:
     """SQL that merges the rows of every key of ``source`` by the table's rules."""
     select: dict[str, str] = {k: _quote(k) for k in spec.key}
@@ -611,81 +646,261 @@ def reduce_tables(
     return result.cast(spec.schema)
 
 
-def fold_tables(
-    con: duckdb.DuckDBPyConnection, contrib: Contributions, *, sort: bool = True
-) -> dict[str, pa.Table]:
-    """Every table derived from ``contrib`` and merged (one row per key)."""
-    return derive_tables(con, contrib.staging(), sort=sort)
+# ----------------------------------------------------------------------------- folding
+
+
+class _PartitionNames:
+    """Canonical partition key -> the form users type, memoized (one parse per key)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str] = {}
+
+    def user(self, canonical: Any) -> str | None:
+        if not isinstance(canonical, str):
+            return None
+        found = self._cache.get(canonical)
+        if found is None:
+            try:
+                found = PartitionKey.parse_canonical(canonical).user_string()
+            except PartitionError:
+                found = canonical
+            if len(self._cache) < 1_000_000:
+                self._cache[canonical] = found
+        return found
+
+
+_NAMES = _PartitionNames()
+
+
+def partition_user(canonical: str | None) -> str | None:
+    """A canonical partition key as users write it (``2024-01-05|eu``)."""
+    return _NAMES.user(canonical)
+
+
+# A canonical key without '%' (escapes) or '=' (dimensions) is written as users write it (a
+# key that is not canonical stays as it is): only the others need parsing, in Python.
+_PARTITION_NEEDS_PARSING = "(contains({p}, '%') OR contains({p}, '='))"
+
+_EMPTY_SOURCE = f"(SELECT CAST([] AS {_EVENT_STRUCT}[]) AS events WHERE false)"
+
+
+def stage(con: duckdb.DuckDBPyConnection, lines: EventLines, view: str) -> FoldStats:
+    """Read ``lines`` into the staging view ``view`` (see the module docstring) and return
+    what was read. Drop it with :func:`unstage`."""
+    lines.flush()
+    rows = f"{view}__rows"
+    source = _read_sql(lines) if lines.lines else _EMPTY_SOURCE
+    try:
+        con.execute(_staging_sql(rows, source))
+    except duckdb.Error as exc:
+        raise ServoError(f"the events to fold are not readable JSON: {exc}") from exc
+    total, malformed, distinct = _one(
+        con,
+        f"SELECT count(*), count(*) FILTER (WHERE id IS NULL OR type IS NULL), "
+        f"count(DISTINCT id) FILTER (WHERE type IS NOT NULL) FROM {rows}",
+    )
+    duplicates = total - malformed - distinct
+    if malformed:
+        con.execute(f"DELETE FROM {rows} WHERE id IS NULL OR type IS NULL")
+    if duplicates:
+        # Copies of one event are equal; should two different events share an id, the one
+        # first in causal order (then type, then data) is kept, whatever the order read.
+        con.execute(
+            f"DELETE FROM {rows} WHERE rowid IN (SELECT rowid FROM {rows} "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY ord, type, data) > 1)"
+        )
+    unknown, max_time_ms = _one(
+        con, f"SELECT count(*) FILTER (WHERE NOT known), coalesce(max(time_ms), 0) FROM {rows}"
+    )
+    special = [
+        str(p)
+        for (p,) in con.execute(
+            f"SELECT DISTINCT d.partition FROM {rows} WHERE "
+            + _PARTITION_NEEDS_PARSING.format(p="d.partition")
+        ).fetchall()
+    ]
+    if special:
+        users = f"{view}__users"
+        con.register(
+            users,
+            pa.table(
+                {"canonical": special, "user_form": [partition_user(p) for p in special]},
+                schema=pa.schema([("canonical", pa.string()), ("user_form", pa.string())]),
+            ),
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT s.*, "
+            f"CASE WHEN {_PARTITION_NEEDS_PARSING.format(p='s.d.partition')} THEN u.user_form "
+            f"ELSE s.d.partition END AS partition_user "
+            f"FROM {rows} s LEFT JOIN {users} u ON u.canonical = s.d.partition"
+        )
+    else:
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {view} AS "
+            f"SELECT *, d.partition AS partition_user FROM {rows}"
+        )
+    return FoldStats(
+        events=total + lines.unencodable,
+        duplicates=duplicates,
+        unknown=unknown,
+        malformed=malformed + lines.unencodable,
+        max_time_ms=max_time_ms,
+    )
+
+
+def unstage(con: duckdb.DuckDBPyConnection, view: str) -> None:
+    """Drop what :func:`stage` created for ``view``."""
+    con.execute(f"DROP VIEW IF EXISTS {view}")
+    con.execute(f"DROP TABLE IF EXISTS {view}__rows")
+    with contextlib.suppress(duckdb.Error):
+        con.unregister(f"{view}__users")
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[int, ...]:
+    row = con.execute(sql).fetchone()
+    assert row is not None
+    return tuple(int(v) for v in row)
 
 
 def derive_tables(
-    con: duckdb.DuckDBPyConnection, staging: pa.Table, *, sort: bool = True
+    con: duckdb.DuckDBPyConnection, view: str, *, sort: bool = True
 ) -> dict[str, pa.Table]:
-    """Every table derived from staging rows and merged. Runs in DuckDB only (no Python per
-    row), so it can overlap with reading the next batch on another thread. Without ``sort``
-    the events table is left in arrival order (a later merge sorts it)."""
-    if staging.num_rows == 0:
-        return {name: spec.schema.empty_table() for name, spec in TABLE_SPECS.items()}
-    n = next(_names)
-    source, view = f"__staging_{n}", f"__staged_{n}"
-    con.register(source, staging)
+    """Every table derived from the staging view ``view`` and merged. Runs in DuckDB only
+    (no Python per row). Without ``sort`` the events table is left in the order read (a later
+    merge sorts it)."""
+    out: dict[str, pa.Table] = {}
+    for name, spec in TABLE_SPECS.items():
+        if name == "events":
+            # Already one row per event id.
+            columns = ", ".join(_quote(c) for c in spec.column_names)
+            sql = sort_sql(spec, view) if sort else f"SELECT {columns} FROM {view}"
+        else:
+            sql = merge_sql(spec, f"({contribution_sql(name, view)})")
+        out[name] = con.sql(sql).to_arrow_table().cast(spec.schema)
+    return out
+
+
+def contribution_sql(table: str, view: str) -> str:
+    """SQL of the rows the staging view ``view`` contributes to ``table``, before they merge."""
+    return CONTRIBUTIONS[table].replace("{v}", view)
+
+
+def fold_lines(
+    con: duckdb.DuckDBPyConnection, lines: EventLines, *, sort: bool = True
+) -> tuple[dict[str, pa.Table], FoldStats]:
+    """Every table computed from the events in ``lines``, and what was read."""
+    view = f"__staged_{next(_names)}"
     try:
-        con.execute(staging_view_sql(view, source))
-        out: dict[str, pa.Table] = {}
-        for name, spec in TABLE_SPECS.items():
-            if name == "events":
-                # Already one row per event id.
-                columns = ", ".join(_quote(c) for c in spec.column_names)
-                sql = sort_sql(spec, view) if sort else f"SELECT {columns} FROM {view}"
-            else:
-                sql = merge_sql(spec, f"({CONTRIBUTIONS[name].replace('{v}', view)})")
-            out[name] = con.sql(sql).to_arrow_table().cast(spec.schema)
-        return out
+        stats = stage(con, lines, view)
+        return derive_tables(con, view, sort=sort), stats
     finally:
-        con.execute(f"DROP TABLE IF EXISTS {view}")
-        con.unregister(source)
+        unstage(con, view)
+
+
+def event_lines(events: Iterable[Mapping[str, Any]]) -> EventLines:
+    """``events`` written as :class:`EventLines` (close it, or use it in a ``with`` block)."""
+    lines = EventLines()
+    try:
+        lines.add_events(events)
+    except BaseException:
+        lines.close()
+        raise
+    return lines
+
+
+def fold_with_stats(
+    events: Iterable[Mapping[str, Any]],
+) -> tuple[dict[str, pa.Table], FoldStats]:
+    """Every projection table computed from ``events`` alone, and what was read."""
+    con = connect()
+    try:
+        with event_lines(events) as lines:
+            return fold_lines(con, lines)
+    finally:
+        con.close()
+
+
+def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
+    """Every projection table computed from ``events`` alone (any order, any duplicates)."""
+    return fold_with_stats(events)[0]
 
 
 def fold_batches(
-    batches: Iterable[Iterable[Mapping[str, Any]]],
-    seen: set[str] | None = None,
-    *,
-    sort: bool = False,
-) -> tuple[dict[str, list[pa.Table]], FoldStats]:
-    """Fold a stream of event batches into per-batch merged tables (merge them with
-    :func:`reduce_tables`). Reading a batch in Python overlaps with deriving the previous one
-    in DuckDB, which runs without the interpreter lock on a second thread."""
-    seen = set() if seen is None else seen
+    batches: Iterable[EventLines], *, events_before_ms: int | None = None
+) -> tuple[dict[str, pa.Table], FoldStats]:
+    """Fold a stream of batches into final tables (merged, sorted), closing each batch.
+
+    DuckDB folds a batch on a second thread while the caller writes the next one (which
+    holds the interpreter lock only to encode events that arrive as dicts). Events before
+    ``events_before_ms`` are left out of the events table (retention); the other tables keep
+    them."""
     parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_SPECS}
     stats = FoldStats()
     con = connect()
 
-    def collect(tables: dict[str, pa.Table]) -> None:
+    def fold_one(lines: EventLines) -> tuple[dict[str, pa.Table], FoldStats]:
+        with lines:
+            return fold_lines(con, lines, sort=False)
+
+    def collect(done: Future[tuple[dict[str, pa.Table], FoldStats]]) -> None:
+        tables, batch_stats = done.result()
+        stats.add(batch_stats)
         for name, table in tables.items():
             if table.num_rows:
                 parts[name].append(table)
 
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="servo-fold") as pool:
-            pending: Future[dict[str, pa.Table]] | None = None
-            for batch in batches:
-                contrib = contributions(batch, seen)
-                stats.add(contrib.stats)
-                staging = contrib.staging()
-                if pending is not None:
-                    collect(pending.result())
-                pending = pool.submit(derive_tables, con, staging, sort=sort)
+            pending: Future[tuple[dict[str, pa.Table], FoldStats]] | None = None
+            iterator = iter(batches)
+            try:
+                for lines in iterator:
+                    if pending is not None:
+                        collect(pending)
+                    pending = pool.submit(fold_one, lines)
+            finally:
+                # Whatever happened, no batch is left behind on disk.
+                for lines in iterator:
+                    lines.close()
             if pending is not None:
-                collect(pending.result())
+                collect(pending)
+        return finish_tables(con, parts, stats, events_before_ms), stats
     finally:
         con.close()
-    return parts, stats
 
 
-def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
-    """Every projection table computed from ``events`` alone (any order, any duplicates)."""
-    con = connect()
-    try:
-        return fold_tables(con, contributions(events))
-    finally:
-        con.close()
+def finish_tables(
+    con: duckdb.DuckDBPyConnection,
+    parts: Mapping[str, Sequence[pa.Table]],
+    stats: FoldStats,
+    events_before_ms: int | None = None,
+) -> dict[str, pa.Table]:
+    """Merge per-batch tables into final ones. An event read in two batches is counted as a
+    duplicate in ``stats`` (which is updated) and kept once."""
+    out: dict[str, pa.Table] = {}
+    for name, spec in TABLE_SPECS.items():
+        nonempty = [p.select(list(spec.column_names)) for p in parts[name] if p.num_rows]
+        table = pa.concat_tables(nonempty) if nonempty else spec.schema.empty_table()
+        relation = f"__finish_{spec.name}_{next(_names)}"
+        con.register(relation, table)
+        try:
+            if spec.key == ("id",):
+                # One row per event id within a batch; across batches only if no event was
+                # read twice, which one count tells.
+                (distinct,) = _one(con, f"SELECT count(DISTINCT id) FROM {relation}")
+                repeated = table.num_rows - distinct
+                if name == "events" and repeated:
+                    stats.duplicates += repeated
+                    (stats.unknown,) = _one(
+                        con, f"SELECT count(DISTINCT id) FILTER (WHERE NOT known) FROM {relation}"
+                    )
+                source = relation
+                if name == "events" and events_before_ms is not None:
+                    source = f"(SELECT * FROM {relation} WHERE time_ms >= {int(events_before_ms)})"
+                sql = merge_sql(spec, source) if repeated else sort_sql(spec, source)
+            else:
+                sql = merge_sql(spec, relation)
+            out[name] = con.sql(sql).to_arrow_table().cast(spec.schema)
+        finally:
+            con.unregister(relation)
+    return out

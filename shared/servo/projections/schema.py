@@ -97,6 +97,94 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     (ev.MATERIALIZATION, 1): _materialization_1_to_2,
 }
 
+
+# ----------------------------------------------------------------------------- upcasting in SQL
+#
+# The fold upcasts in DuckDB, on the JSON text of ``data`` (an object, as DuckDB writes JSON:
+# no whitespace). These are the SQL twins of :data:`UPCASTERS`: each turns an SQL expression of
+# one version's text into that of the next version. Members an upcaster adds go at the end of
+# the object, as the Python upcasters add them to the dict.
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_add_members(obj: str, members: str) -> str:
+    """SQL appending ``members`` (SQL giving ``,"key":value…`` text, or ``''``) to the JSON
+    object text ``obj``."""
+    return (
+        f"(CASE WHEN {members} = '' THEN {obj} WHEN {obj} = '{{}}' "
+        f"THEN '{{' || substr({members}, 2) || '}}' "
+        f"ELSE left({obj}, length({obj}) - 1) || {members} || '}}' END)"
+    )
+
+
+def _sql_task_state_1_to_2(data: str) -> str:
+    failures = ", ".join(_sql_text(e) for e in sorted(FAILURE_EVENTS))
+    error = (
+        f"CASE WHEN json_extract_string({data}, '$.event') IN ({failures}) "
+        f"THEN coalesce(CAST(json_extract({data}, '$.reason') AS VARCHAR), 'null') ELSE 'null' END"
+    )
+    members = (
+        f"(CASE WHEN json_exists({data}, '$.error') THEN '' ELSE ',\"error\":' || ({error}) END"
+        f" || CASE WHEN json_exists({data}, '$.duration_ms') THEN '' "
+        f"ELSE ',\"duration_ms\":null' END)"
+    )
+    return sql_add_members(data, members)
+
+
+def _sql_input_ref(item: str) -> str:
+    # `input_ref` of one JSON item of `inputs`; NULL when it names no asset.
+    text = f"json_extract_string({item}, '$')"
+
+    def string_member(name: str) -> str:
+        return (
+            f"CASE WHEN json_type({item}, '$.{name}') = 'VARCHAR' "
+            f"THEN json_extract_string({item}, '$.{name}') END"
+        )
+
+    return (
+        f"CASE json_type({item}) "
+        f"WHEN 'VARCHAR' THEN {{'asset': split_part({text}, '|', 1), "
+        f"'partition': CASE WHEN contains({text}, '|') "
+        f"THEN substr({text}, strpos({text}, '|') + 1) END, "
+        "'output_path': CAST(NULL AS VARCHAR)} "
+        f"WHEN 'OBJECT' THEN CASE WHEN json_type({item}, '$.asset') = 'VARCHAR' "
+        f"THEN {{'asset': json_extract_string({item}, '$.asset'), "
+        f"'partition': {string_member('partition')}, "
+        f"'output_path': CASE WHEN json_exists({item}, '$.output_path') "
+        f"THEN {string_member('output_path')} ELSE {string_member('path')} END}} END "
+        "END"
+    )
+
+
+def _sql_materialization_inputs(data: str) -> str:
+    refs = (
+        f"CASE WHEN json_type({data}, '$.inputs') = 'ARRAY' "
+        f"THEN CAST(to_json(list_filter(list_transform(json_extract({data}, '$.inputs[*]'), "
+        f"item -> {_sql_input_ref('item')}), ref -> ref IS NOT NULL)) AS VARCHAR) "
+        "ELSE '[]' END"
+    )
+    return (
+        f"CAST(json_merge_patch({data}, json_object('inputs', CAST(({refs}) AS JSON))) AS VARCHAR)"
+    )
+
+
+# (type, from_version) -> SQL from that version's data text to the next version's.
+SQL_UPCASTERS: dict[tuple[str, int], Callable[[str], str] | None] = {
+    (ev.TASK_STATE, 1): _sql_task_state_1_to_2,
+    # v1 -> v2 normalizes `inputs`, which SQL_NORMALIZERS does for every version.
+    (ev.MATERIALIZATION, 1): None,
+}
+
+# type -> SQL bringing data text of the newest version to the form the fold stores: a
+# materialization's `inputs` as {asset, partition, output_path} dicts, whatever the emitter
+# wrote (the fold's contract for lineage).
+SQL_NORMALIZERS: dict[str, Callable[[str], str]] = {
+    ev.MATERIALIZATION: _sql_materialization_inputs,
+}
+
 Readable = Literal["current", "unknown", "malformed"]
 
 
