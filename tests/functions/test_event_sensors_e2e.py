@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import secrets
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +103,6 @@ defs = Definitions(
 )
 '''
 
-HANDLED = re.compile(r"notification (\S+) handled: (.*)")
-
 
 @dataclass
 class EventStack:
@@ -171,27 +167,10 @@ def events(
 # Helpers
 
 
-def handled(stack: ServerlessStack) -> Counter[str]:
-    """How many deliveries of each message id ``sensor_evaluate`` has answered."""
-    seen: Counter[str] = Counter()
-    path = stack.state_dir / "logs" / "sensor_evaluate.log"
-    if not path.exists():
-        return seen
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        found = HANDLED.match(str(entry.get("message", "")))
-        if found:
-            seen[found.group(1)] += 1
-    return seen
-
-
 def wait_handled(stack: ServerlessStack, message_ids: list[str], times: int = 2) -> None:
     """Wait until each message was delivered ``times`` times (once per push subscription)."""
     wait_until(
-        lambda: all(handled(stack)[m] >= times for m in message_ids),
+        lambda: all(stack.notifications_handled()[m] >= times for m in message_ids),
         f"{times} deliveries of messages {message_ids}",
     )
 
@@ -390,9 +369,7 @@ def test_the_tick_function_starts_a_schedule_run_once_for_its_minute(
 
     # Two deliveries of the same minute at once (Cloud Scheduler retries, overlapping
     # instances), then a third later in that minute.
-    both = [
-        threading.Thread(target=call, args=("2024-01-05T01:00:20Z",)) for _ in range(2)
-    ]
+    both = [threading.Thread(target=call, args=("2024-01-05T01:00:20Z",)) for _ in range(2)]
     for thread in both:
         thread.start()
     for thread in both:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from servo.adapters.embedded import open_embedded
 from servo.core import events as ev
 from servo.projections.compaction import CompactionSettings, Compactor
-from servo.projections.fold import contributions, fold, fold_tables, reduce_tables
+from servo.projections.fold import fold, reduce_tables
 from servo.projections.rebuild import published_table, rebuild_projections
 from servo.projections.schema import TABLE_SPECS
 
@@ -159,7 +159,7 @@ def test_merging_folded_pieces_equals_folding_everything(
     chunks = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True)]
     con = duckdb.connect()
     # Each piece folded on its own (its own dedupe), then merged as compaction merges files.
-    folded = [fold_tables(con, contributions(chunk)) for chunk in chunks]
+    folded = [fold(chunk) for chunk in chunks]
     merged = {
         name: reduce_tables(con, spec, [f[name] for f in folded])
         for name, spec in TABLE_SPECS.items()

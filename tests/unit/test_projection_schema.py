@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from servo.projections.fold import contributions, fold
+from servo.projections.fold import fold, fold_with_stats
 from servo.projections.schema import DATA_VERSIONS, classify, event_data
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "events"
@@ -98,10 +98,11 @@ def test_unknown_future_and_malformed_events_are_kept_or_skipped_not_fatal() -> 
         {**created, "id": "e-bad-body", "type": "servo.task.state_changed", "data": None},
         {**created, "id": "e-bad-types", "run_id": 17, "lc": "x", "time_ms": "soon"},
     ]
-    contrib = contributions([created, future_type, future_version, future_envelope, *malformed])
-    assert contrib.stats.unknown == 3
-    assert contrib.stats.malformed == 2
-    tables = fold([created, future_type, future_version, future_envelope, *malformed])
+    tables, stats = fold_with_stats(
+        [created, future_type, future_version, future_envelope, *malformed]
+    )
+    assert stats.unknown == 3
+    assert stats.malformed == 2
     events = {e["id"]: e for e in tables["events"].to_pylist()}
     assert not events["e-future-type"]["known"] and json.loads(events["e-future-type"]["data"]) == {
         "x": 1

@@ -142,9 +142,10 @@ def _running_due(task: Doc, now_ms: int, settings: Settings) -> dict[str, Any]:
 def _started(ports: Ports, report: Report, settings: Settings) -> Answer:
     def body(uow: UnitOfWork) -> Answer:
         task = uow.get(TASKS, task_doc_id(report.run_id, report.task_id))
-        run = uow.get(RUNS, report.run_id)
-        if task is None or run is None:
+        if task is None:
             raise InvalidRequest(f"task {report.task_id} of run {report.run_id} does not exist")
+        # Only a task dispatched before its run was RUNNING may have to make it RUNNING.
+        run = None if task.get("run_running") else uow.get(RUNS, report.run_id)
         extra: dict[str, Any] = {"started_ms": uow.now_ms}
         if task.get("timeout_ms"):
             extra["exec_deadline"] = uow.now_ms + int(task["timeout_ms"])
@@ -155,7 +156,7 @@ def _started(ports: Ports, report: Report, settings: Settings) -> Answer:
         )
         if not outcome.accepted:
             return Answer(accepted=False, cancel=True, reason=outcome.reason)
-        if not outcome.duplicate and run["state"] == RunState.STARTING.value:
+        if not outcome.duplicate and run is not None and run["state"] == RunState.STARTING.value:
             apply_run(uow, run, RunEvent.TASK_STARTED, "first task started")
         return Answer(
             accepted=True, cancel=bool(task.get("cancel_requested")), reason=outcome.reason
@@ -218,9 +219,14 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
         follow.clear()
         doc_id = task_doc_id(report.run_id, report.task_id)
         task = uow.get(TASKS, doc_id)
-        run = uow.get(RUNS, report.run_id)
-        if task is None or run is None:
+        if task is None:
             raise InvalidRequest(f"task {report.task_id} of run {report.run_id} does not exist")
+        # Tasks carry their run's code version and limit, so a report reads no run document
+        # (tasks written by older versions do not: read the run for them).
+        run_doc = None if task.get("code_version") else uow.get(RUNS, report.run_id)
+        run = run_doc if run_doc is not None else task
+        if not run.get("code_version"):
+            raise InvalidRequest(f"run {report.run_id} does not exist")
         slots = _read_slots(uow, task)
         single = list(task.get("release_with") or [])
         downstream_docs = (
@@ -236,7 +242,11 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
             if slot.get("holder") == doc_id and int(slot.get("attempt", 0)) == report.attempt
         }
         limits = pool_limits(ports, run, settings)
-        live = run["state"] in LIVE_RUN_STATES and task["state"] in ACTIVE_TASK_STATES
+        # A task still running means its run is live (a cancelled run's READY tasks are
+        # cancelled, so nothing is handed to them).
+        live = task["state"] in ACTIVE_TASK_STATES and (
+            run_doc is None or run_doc["state"] in LIVE_RUN_STATES
+        )
         waiting: list[tuple[str, Doc]] = []
         if live and (held or run.get("max_concurrency")):
             # The attempt's capacity is handed to the next READY task of the run in this same
@@ -330,7 +340,7 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
                 for sid in held:
                     free.setdefault(sid.rsplit(":", 1)[0], []).append(sid)
                 handed = claim_and_dispatch(
-                    uow, [*released, *waiting], free, limits, settings, budget
+                    uow, [*released, *waiting], free, limits, settings, budget, run_running=True
                 )
             used = {sid for d in handed for sid in d.get("slots") or []}
             follow["pools"] = _release_slots(

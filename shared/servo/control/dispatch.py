@@ -53,6 +53,8 @@ LIVE_RUN_STATES = (RunState.QUEUED.value, RunState.STARTING.value, RunState.RUNN
 
 
 def pool_limits(ports: Ports, run: Doc, settings: Settings) -> dict[str, int]:
+    """The concurrency limits that apply to a run (or to a task: it carries the run's code
+    version)."""
     manifest = load_manifest(ports, run["code_version"])
     limits = dict(manifest.pools)
     for k, v in ports.settings.get("pools", {}).items():
@@ -92,8 +94,13 @@ def claim_and_dispatch(
     limits: dict[str, int],
     settings: Settings,
     budget: int,
+    *,
+    run_running: bool,
 ) -> list[Doc]:
     """Dispatch candidates (READY tasks, in order) while slots and ``budget`` last.
+
+    ``run_running`` records on each task whether its run was RUNNING, so its ``started``
+    report only reads the run document when the run may still need to become RUNNING.
 
     A candidate needing a pool with no free slot in ``free`` stays READY. Writes only: the
     caller has done every read (the slot documents behind ``free``)."""
@@ -120,6 +127,7 @@ def claim_and_dispatch(
                 "heartbeat_ms": None,
                 "exec_deadline": None,
                 "cancel_deadline": None,
+                "run_running": run_running,
             },
         )
         if not outcome.accepted:
@@ -191,7 +199,13 @@ def _dispatch_in_run(
         pools = named + ([GLOBAL_POOL] if GLOBAL_POOL in limits else [])
         # Writes start here.
         dispatched = claim_and_dispatch(
-            uow, ready, free_slots(slots, pools, limits), limits, settings, capacity
+            uow,
+            ready,
+            free_slots(slots, pools, limits),
+            limits,
+            settings,
+            capacity,
+            run_running=run["state"] == RunState.RUNNING.value,
         )
         if dispatched and run["state"] == RunState.QUEUED.value:
             apply_run(uow, run, RunEvent.ADMIT, "first tasks dispatched")

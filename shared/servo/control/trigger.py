@@ -312,6 +312,9 @@ def task_document(
         "retries_used": 0,
         "max_retries": t.max_retries,
         "retry_policy": policy,
+        # Copied from the run so that a task's reports never need to read the run document.
+        "code_version": run["code_version"],
+        "max_concurrency": run.get("max_concurrency"),
         "timeout_ms": t.timeout_ms,
         "pool": t.pool,
         "upstream": list(t.upstream),

@@ -1,20 +1,20 @@
 """Compaction: fold new ledger segments into the Parquet projections and publish them.
 
 One step reads the pointer, folds the segments after its watermark into one small delta file
-per table, merges files when a level fills up, and publishes a new pointer with a generation
+per table, merges batch when a level fills up, and publishes a new pointer with a generation
 precondition. The cost of a step is proportional to the new events; merging is size-tiered
-(``fanout`` files of a level become one file of the next level), so every row is rewritten
-O(log_fanout(history)) times in total and a table is at most ``fanout - 1`` files per level.
+(``fanout`` batch of a level become one file of the next level), so every row is rewritten
+O(log_fanout(history)) times in total and a table is at most ``fanout - 1`` batch per level.
 
 Safety:
 
-* files are immutable and written before the pointer that names them; the pointer is replaced
+* batch are immutable and written before the pointer that names them; the pointer is replaced
   only if it is still the generation the step started from, so two compactors racing publish
   one after the other, each on top of the other's view — never a torn or regressed one (the
   watermark and epoch of a published pointer only grow);
 * a loser deletes what it wrote and tries again from the winner's pointer;
-* files a merge replaces are kept for ``gc_grace_ms`` (a reader may still hold the old
-  pointer) and then deleted; files nobody references (a crashed compactor's) are collected by
+* batch a merge replaces are kept for ``gc_grace_ms`` (a reader may still hold the old
+  pointer) and then deleted; batch nobody references (a crashed compactor's) are collected by
   the same rule;
 * the ledger is only ever read.
 
@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import duckdb
 import pyarrow as pa
@@ -42,17 +42,14 @@ import pyarrow.compute as pc
 from servo.control.drain import EVENTS_STREAM
 from servo.core.errors import ServoError
 from servo.core.events import to_ms
-from servo.ports import Doc, Ports
+from servo.ports import Doc, Ledger, Ports
 from servo.projections.fold import (
-    Contributions,
+    EventBatch,
     FoldStats,
     connect,
-    contributions,
+    fold_batch,
     fold_batches,
-    fold_tables,
     merge_sql,
-    reduce_tables,
-    sort_sql,
 )
 from servo.projections.schema import TABLE_SPECS, TableSpec
 from servo.projections.store import FileRef, Pointer, ProjectionStore, TableFiles
@@ -65,7 +62,7 @@ class CompactionSettings:
     """How compaction batches, merges and retains (``Ports.settings`` keys in brackets).
 
     * ``max_segments`` [``compaction_max_segments``]: segments folded per published step;
-    * ``fanout`` [``projection_fanout``]: files of one level merged into one of the next;
+    * ``fanout`` [``projection_fanout``]: batch of one level merged into one of the next;
     * ``gc_grace_ms`` [``projection_gc_grace_s``]: how long a replaced file stays readable;
     * ``events_retention_ms`` [``events_retention_days``]: age after which events leave the
       ``events`` table (None keeps them all);
@@ -142,6 +139,44 @@ class CompactionResult:
             "lag_segments": self.lag_segments,
             **{f"fold_{k}": v for k, v in self.stats.to_json().items()},
         }
+
+
+@runtime_checkable
+class EncodedLedger(Protocol):
+    """A ledger that can hand out its segments as stored (the bytes ``encode_segment``
+    wrote), which the fold reads without decoding them in Python."""
+
+    def read_encoded(
+        self, stream: str, after_seq: int = -1, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """``(seq, bytes)`` of the segments after ``after_seq``, in order (as ``read``)."""
+        ...
+
+
+def read_segments(
+    ledger: Ledger,
+    stream: str,
+    batch: EventBatch,
+    after_seq: int,
+    limit: int | None = None,
+    upto_seq: int | None = None,
+) -> list[int]:
+    """Append the segments of ``stream`` after ``after_seq`` (at most ``limit``, none past
+    ``upto_seq``) to ``batch``; returns their sequence numbers. Segments are passed on as
+    stored when the ledger can hand them out so, and as events otherwise."""
+    last = math.inf if upto_seq is None else upto_seq
+    if isinstance(ledger, EncodedLedger):
+        encoded = [
+            (seq, body)
+            for seq, body in ledger.read_encoded(stream, after_seq=after_seq, limit=limit)
+            if seq <= last
+        ]
+        for _, body in encoded:
+            batch.add_segment(body)
+        return [seq for seq, _ in encoded]
+    segments = [s for s in ledger.read(stream, after_seq=after_seq, limit=limit) if s.seq <= last]
+    batch.add_events(e for s in segments for e in s.events)
+    return [s.seq for s in segments]
 
 
 def _unique(now_ms: int) -> str:
@@ -230,9 +265,26 @@ class Compactor:
             published = self._publish_rebuild(con, pointer, generation, result)
             return not published  # a lost race: try again on the winner's pointer
         now_ms = self._now_ms()
-        segments = self.ports.ledger.read(
-            self.stream, after_seq=pointer.watermark, limit=self.settings.max_segments
-        )
+        with EventBatch() as batch:
+            segments = read_segments(
+                self.ports.ledger,
+                self.stream,
+                batch,
+                after_seq=pointer.watermark,
+                limit=self.settings.max_segments,
+            )
+            return self._publish_step(con, result, pointer, generation, segments, batch, now_ms)
+
+    def _publish_step(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        result: CompactionResult,
+        pointer: Pointer,
+        generation: int,
+        segments: list[int],
+        batch: EventBatch,
+        now_ms: int,
+    ) -> bool:
         events_before, logs_before = self._cutoffs(pointer, now_ms)
         due_garbage = [
             g for g in pointer.garbage if int(g["retired_ms"]) <= now_ms - self.settings.gc_grace_ms
@@ -246,8 +298,8 @@ class Compactor:
 
         new = Pointer(
             epoch=pointer.epoch + 1,
-            watermark=segments[-1].seq if segments else pointer.watermark,
-            tables={n: TableFiles(t.version, list(t.files)) for n, t in pointer.tables.items()},
+            watermark=segments[-1] if segments else pointer.watermark,
+            tables={n: TableFiles(t.version, list(t.batch)) for n, t in pointer.tables.items()},
             events_before_ms=events_before,
             logs_before_ms=logs_before,
             garbage=[g for g in pointer.garbage if g not in due_garbage],
@@ -256,22 +308,21 @@ class Compactor:
             writer=f"pid{os.getpid()}",
         )
         written: list[str] = []
-        contrib = contributions(e for s in segments for e in s.events)
         try:
-            delta = fold_tables(con, contrib)
+            delta, stats = fold_batch(con, batch)
             for name, table in delta.items():
                 if table.num_rows == 0:
                     continue
                 spec = TABLE_SPECS[name]
                 path = self.store.new_path(spec, new.epoch, 0, _unique(now_ms))
-                new.tables[name].files.append(self.store.write(spec, table, path, 0))
+                new.tables[name].batch.append(self.store.write(spec, table, path, 0))
                 written.append(path)
             merges = self._merge_levels(con, new, now_ms, written)
             logs_deleted = self._expire_logs(con, pointer, new, delta)
         except BaseException:
             self._delete_quietly(written)
             raise
-        _add_stats(new.stats, contrib)
+        _add_stats(new.stats, stats)
         if not self.store.publish(new, generation):
             self._delete_quietly(written)
             result.conflicts += 1
@@ -280,7 +331,7 @@ class Compactor:
         result.segments += len(segments)
         result.merges += merges
         result.logs_deleted += logs_deleted
-        result.stats.add(contrib.stats)
+        result.stats.add(stats)
         for g in due_garbage:
             self.store.delete(str(g["path"]))
             result.collected += 1
@@ -294,10 +345,10 @@ class Compactor:
         merges = 0
         fanout = self.settings.fanout
         for name, spec in TABLE_SPECS.items():
-            files = pointer.tables[name].files
+            batch = pointer.tables[name].batch
             while True:
                 by_level: dict[int, list[FileRef]] = {}
-                for f in files:
+                for f in batch:
                     by_level.setdefault(f.level, []).append(f)
                 full = sorted(level for level, fs in by_level.items() if len(fs) >= fanout)
                 if not full:
@@ -305,7 +356,7 @@ class Compactor:
                 level = full[0]
                 group = by_level[level]
                 table = self._merge_files(con, spec, [f.path for f in group], pointer)
-                keep = [f for f in files if f not in group]
+                keep = [f for f in batch if f not in group]
                 if table.num_rows:
                     path = self.store.new_path(spec, pointer.epoch, level + 1, _unique(now_ms))
                     keep.append(self.store.write(spec, table, path, level + 1))
@@ -317,9 +368,9 @@ class Compactor:
                         self.store.delete(f.path)
                     else:
                         pointer.garbage.append({"path": f.path, "retired_ms": now_ms})
-                files = keep
+                batch = keep
                 merges += 1
-            pointer.tables[name].files = files
+            pointer.tables[name].batch = batch
         return merges
 
     def _merge_files(
@@ -381,7 +432,7 @@ class Compactor:
                 self.store.delete(path)
 
     def collect_orphans(self, pointer: Pointer | None = None, now_ms: int | None = None) -> int:
-        """Delete projection files that no pointer references any more (a crashed or losing
+        """Delete projection batch that no pointer references any more (a crashed or losing
         compactor's), once they are older than the grace period; returns how many."""
         if pointer is None:
             pointer, _ = self.store.load_pointer()
@@ -405,23 +456,29 @@ class Compactor:
     ) -> tuple[dict[str, pa.Table], FoldStats]:
         """Every table computed from the ledger alone, up to segment ``upto_seq``."""
 
-        def batches() -> Iterator[list[Doc]]:
+        def batches() -> Iterator[EventBatch]:
             after = -1
             while after < upto_seq:
-                segments = [
-                    s
-                    for s in self.ports.ledger.read(
-                        self.stream, after_seq=after, limit=self.settings.max_segments
+                batch = EventBatch()
+                try:
+                    seqs = read_segments(
+                        self.ports.ledger,
+                        self.stream,
+                        batch,
+                        after,
+                        limit=self.settings.max_segments,
+                        upto_seq=upto_seq,
                     )
-                    if s.seq <= upto_seq
-                ]
-                if not segments:
+                except BaseException:
+                    batch.close()
+                    raise
+                if not seqs:
+                    batch.close()
                     return
-                yield [e for s in segments for e in s.events]
-                after = segments[-1].seq
+                yield batch
+                after = seqs[-1]
 
-        parts, stats = fold_batches(batches())
-        return finish_tables(con, parts, events_before_ms), stats
+        return fold_batches(batches(), events_before_ms=events_before_ms)
 
     def _publish_rebuild(
         self,
@@ -479,13 +536,13 @@ class Compactor:
         written: list[str] = []
         try:
             for name, spec in TABLE_SPECS.items():
-                files: list[FileRef] = []
+                batch: list[FileRef] = []
                 table = tables[name]
                 if table.num_rows:
                     path = self.store.new_path(spec, epoch, top, _unique(now_ms))
-                    files.append(self.store.write(spec, table, path, top))
+                    batch.append(self.store.write(spec, table, path, top))
                     written.append(path)
-                pointer.tables[name] = TableFiles(spec.version, files)
+                pointer.tables[name] = TableFiles(spec.version, batch)
         except BaseException:
             self._delete_quietly(written)
             raise
@@ -501,39 +558,9 @@ def _top_level(rows: int, fanout: int) -> int:
     return max(1, math.ceil(math.log(max(rows, 2), fanout)))
 
 
-def finish_tables(
-    con: duckdb.DuckDBPyConnection,
-    parts: Mapping[str, list[pa.Table]],
-    events_before_ms: int | None,
-) -> dict[str, pa.Table]:
-    """Merge per-batch tables into final ones (events already unique by id, only sorted)."""
-    out: dict[str, pa.Table] = {}
-    for name, spec in TABLE_SPECS.items():
-        if spec.key == ("id",):
-            nonempty = [p for p in parts[name] if p.num_rows]
-            table = pa.concat_tables(nonempty) if nonempty else spec.schema.empty_table()
-            if name == "events" and events_before_ms is not None and table.num_rows:
-                table = table.filter(pc.greater_equal(table["time_ms"], events_before_ms))
-            out[name] = _sort(con, spec, table)
-        else:
-            out[name] = reduce_tables(con, spec, parts[name])
-    return out
-
-
-def _sort(con: duckdb.DuckDBPyConnection, spec: TableSpec, table: pa.Table) -> pa.Table:
-    if table.num_rows == 0:
-        return table.cast(spec.schema)
-    name = f"__finish_{spec.name}_{threading.get_ident()}"
-    con.register(name, table)
-    try:
-        return con.sql(sort_sql(spec, name)).to_arrow_table().cast(spec.schema)
-    finally:
-        con.unregister(name)
-
-
-def _add_stats(stats: dict[str, Any], contrib: Contributions) -> None:
-    stats["events"] = int(stats.get("events", 0)) + contrib.stats.events
-    stats["duplicates"] = int(stats.get("duplicates", 0)) + contrib.stats.duplicates
+def _add_stats(stats: dict[str, Any], folded: FoldStats) -> None:
+    stats["events"] = int(stats.get("events", 0)) + folded.events
+    stats["duplicates"] = int(stats.get("duplicates", 0)) + folded.duplicates
 
 
 def compact(ports: Ports, *, settings: CompactionSettings | None = None) -> CompactionResult:

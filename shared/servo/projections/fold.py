@@ -2,16 +2,15 @@
 
 Folding happens in DuckDB, with no Python work per event beyond encoding it:
 
-1. Events are written as JSON lines to a temporary file (:class:`EventLines`), each line an
-   object with an ``events`` list: a ledger segment exactly as stored (gzip-compressed or not,
-   no decoding in Python at all), or a chunk of events already decoded into dicts (one call of
-   the C JSON encoder per chunk).
-2. :func:`stage` reads the file with DuckDB's JSON reader into a *staging* table, one row per
+1. Events are handed to DuckDB in bulk (:class:`EventBatch`): events already decoded into
+   dicts as Arrow columns (the envelope converted by Arrow, ``data`` encoded by the C JSON
+   encoder), a ledger segment as stored as JSON for DuckDB's reader (only decompressed, never
+   decoded in Python).
+2. :func:`stage` reads them into a *staging* table, one row per
    distinct event: it drops malformed events (no string ``id`` or ``type``) and duplicates (by
-   id; the first one read wins), classifies the rest as
-   :func:`~servo.projections.schema.classify` does (unknown types and versions are kept,
-   marked ``known = false``), coerces values of the wrong type (:data:`COERCIONS`), upcasts
-   ``data`` to the newest version this reader knows
+   id), classifies the rest as :func:`~servo.projections.schema.classify` does (unknown types
+   and versions are kept, marked ``known = false``), coerces values of the wrong type
+   (:data:`COERCIONS`), upcasts ``data`` to the newest version this reader knows
    (:data:`~servo.projections.schema.SQL_UPCASTERS`), and adds the event's causal position
    ``ord`` and its parsed ``data`` fields ``d``.
 3. :func:`derive_tables` derives every table's rows from the staging table (vectorized SQL,
@@ -38,6 +37,8 @@ import gzip
 import itertools
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +48,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from servo.adapters.segments import GZIP_MAGIC
 from servo.core.errors import PartitionError, ServoError
@@ -128,24 +130,55 @@ class FoldStats:
 # ensure_ascii: the text is then plain ASCII, so encoding it to bytes is a copy.
 _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False).encode
 
+# How a segment written by `encode_segment` starts: its events are the rest of it but "]}".
+_SEGMENT_HEAD = re.compile(rb'\{"stream":"(?:[^"\\]|\\.)*","seq":-?[0-9]+,"events":\[')
 
-class EventLines:
-    """Events as JSON lines in a temporary file, the form :func:`stage` reads.
+# The envelope fields the fold reads: text, and integers.
+TEXT_FIELDS = (
+    "id",
+    "type",
+    "run_id",
+    "task_id",
+    "correlation_id",
+    "causation_id",
+    "actor",
+    "source",
+    "time",
+)
+INTEGER_FIELDS = ("specversion", "dataversion", "time_ms", "lc", "attempt", "seq")
+# The envelope of well-typed events, converted by Arrow without a Python loop (a value of
+# another type fails the conversion; such events are read as JSON instead).
+_ENVELOPE_ARROW = pa.struct(
+    [(f, pa.string()) for f in TEXT_FIELDS] + [(f, pa.int64()) for f in INTEGER_FIELDS]
+)
 
-    Each line is an object with an ``events`` list: a ledger segment as stored, or a chunk of
-    events given as dicts. The file is deleted on :meth:`close` (or leaving a ``with`` block).
-    Events that cannot be encoded as JSON (a value that is not JSON, an event that is not a
-    mapping) are left out and counted in :attr:`unencodable`.
+
+class EventBatch:
+    """Events on their way into DuckDB, read by :func:`stage`.
+
+    Events given as dicts are converted a chunk at a time: the envelope by Arrow, ``data`` by
+    the C JSON encoder. A chunk with a value of an unexpected type, and a ledger segment as
+    stored (only decompressed, never decoded in Python), go to JSON files in a temporary
+    directory instead (~:attr:`FILE_BYTES` each, so that DuckDB's reader spreads them over its
+    threads), and DuckDB coerces what it reads there (:data:`COERCIONS`). Events that cannot
+    be encoded as JSON (a value that is not JSON, an event that is not a mapping) are left out
+    and counted in :attr:`unencodable`. :meth:`close` (or leaving a ``with`` block) deletes
+    the files.
     """
 
-    def __init__(self, directory: str | None = None) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="servo-fold-", suffix=".jsonl", dir=directory)
-        self._file = os.fdopen(fd, "wb")
-        self.lines = 0
-        self.unencodable = 0
-        self.longest = 0
+    FILE_BYTES = 8 * 2**20
 
-    def __enter__(self) -> EventLines:
+    def __init__(self, directory: str | None = None) -> None:
+        self._parent = directory
+        self.directory: str | None = None
+        self.paths: list[str] = []
+        self.tables: list[pa.Table] = []
+        self.unencodable = 0
+        self.largest = 0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+
+    def __enter__(self) -> EventBatch:
         return self
 
     def __exit__(
@@ -157,42 +190,38 @@ class EventLines:
         self.close()
 
     def close(self) -> None:
-        """Close and delete the file."""
-        if not self._file.closed:
-            self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-    def flush(self) -> None:
-        """Make everything written so far readable by another reader of the file."""
-        self._file.flush()
-
-    def _write(self, line: bytes) -> None:
-        self._file.write(line)
-        self._file.write(b"\n")
-        self.lines += 1
-        self.longest = max(self.longest, len(line))
+        """Forget the events and delete the files."""
+        self._pending = []
+        self.tables = []
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def add_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Append events given as dicts (any iterable, consumed once)."""
         iterator = iter(events)
         while chunk := list(itertools.islice(iterator, CHUNK_EVENTS)):
             try:
-                text = _encode(chunk)
-            except (TypeError, ValueError):
-                text = self._encode_one_by_one(chunk)
-            self._write(b'{"events":' + text.encode("ascii") + b"}")
+                envelope = pa.array(chunk, type=_ENVELOPE_ARROW)
+                data = pa.array([_encode(e.get("data")) for e in chunk], type=pa.string())
+            except (pa.ArrowException, AttributeError, OverflowError, TypeError, ValueError):
+                self._add_json(chunk)
+                continue
+            self.tables.append(pa.Table.from_struct_array(envelope).append_column("data", data))
 
-    def _encode_one_by_one(self, chunk: Sequence[Any]) -> str:
-        parts = []
-        for event in chunk:
-            try:
-                if not isinstance(event, Mapping):
-                    raise TypeError("an event must be a mapping")
-                parts.append(_encode(event if type(event) is dict else dict(event)))
-            except (TypeError, ValueError):
-                self.unencodable += 1
-        return "[" + ",".join(parts) + "]"
+    def _add_json(self, chunk: Sequence[Any]) -> None:
+        try:
+            text = _encode(chunk)
+        except (TypeError, ValueError):
+            parts = []
+            for event in chunk:
+                try:
+                    if not isinstance(event, Mapping):
+                        raise TypeError("an event must be a mapping")
+                    parts.append(_encode(event if type(event) is dict else dict(event)))
+                except (TypeError, ValueError):
+                    self.unencodable += 1
+            text = "[" + ",".join(parts) + "]"
+        self._add_members(text[1:-1].encode("ascii"))
 
     def add_segment(self, body: bytes) -> None:
         """Append a ledger segment as stored (``{"stream", "seq", "events"}`` JSON, maybe
@@ -200,115 +229,133 @@ class EventLines:
         if body[:2] == GZIP_MAGIC:
             body = gzip.decompress(body)
         body = body.strip()
-        if b"\n" in body or b"\r" in body:
-            # Written with line breaks (the ledger's encoder never does): one line it must be.
-            body = json.dumps(json.loads(body), separators=(",", ":")).encode()
-        self._write(body)
+        head = _SEGMENT_HEAD.match(body)
+        if head is not None and body.endswith(b"]}"):
+            self._add_members(body[head.end() : -2])
+            return
+        # Not in the ledger encoder's layout (written by hand, or by another encoder).
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise ServoError(f"a ledger segment to fold is not JSON: {exc}") from exc
+        events = document.get("events") if isinstance(document, dict) else None
+        if not isinstance(events, list):
+            raise ServoError("a ledger segment must be a JSON object with an `events` list")
+        self._add_json(events)
+
+    def _add_members(self, members: bytes) -> None:
+        # `members`: events of a JSON array without its brackets.
+        if not members.strip():
+            return
+        self._pending.append(members)
+        self._pending_bytes += len(members)
+        if self._pending_bytes >= self.FILE_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the JSON still pending to a file of its own."""
+        if not self._pending:
+            return
+        if self.directory is None:
+            self.directory = tempfile.mkdtemp(prefix="servo-fold-", dir=self._parent)
+        path = os.path.join(self.directory, f"{len(self.paths):06d}.json")
+        with open(path, "wb") as handle:
+            handle.write(b"[")
+            handle.write(b",".join(self._pending))
+            handle.write(b"]")
+        self.paths.append(path)
+        self.largest = max(self.largest, self._pending_bytes + 2)
+        self._pending = []
+        self._pending_bytes = 0
 
 
 # ----------------------------------------------------------------------------- staging
-
-# The envelope as read: values whose JSON type matters are kept as JSON text and coerced below;
-# text fields take any value (a number becomes its JSON text).
-_ENVELOPE = {
-    "id": "JSON",
-    "type": "JSON",
-    "specversion": "JSON",
-    "dataversion": "JSON",
-    "time": "VARCHAR",
-    "time_ms": "JSON",
-    "run_id": "VARCHAR",
-    "task_id": "VARCHAR",
-    "attempt": "JSON",
-    "correlation_id": "VARCHAR",
-    "causation_id": "VARCHAR",
-    "actor": "VARCHAR",
-    "source": "VARCHAR",
-    "lc": "JSON",
-    "seq": "JSON",
-    "data": "JSON",
-}
-_EVENT_STRUCT = "STRUCT(" + ", ".join(f'"{k}" {t}' for k, t in _ENVELOPE.items()) + ")"
 
 
 def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _is_integer(x: str) -> str:
-    # JSON text of an integer: a number without fraction or exponent.
-    return (
-        f"(TRY_CAST({x} AS DOUBLE) IS NOT NULL AND NOT (contains({x}, '.') "
-        f"OR contains({x}, 'e') OR contains({x}, 'E')))"
+def _json_number(x: str) -> str:
+    # The number the JSON value `x` (its text) holds: a number, or a string holding one;
+    # anything else (booleans, null, lists, objects, other strings) holds none.
+    number = (
+        f"CASE WHEN starts_with({x}, '\"') THEN TRY_CAST(json_extract_string({x}, '$') AS DOUBLE)"
+        f" ELSE TRY_CAST({x} AS DOUBLE) END"
     )
+    return _integer_part(number)
 
 
-def _number(x: str) -> str:
-    # The number a JSON value holds, as Python's int() would read it (a string holding a number
-    # counts; booleans, null, lists and objects do not), as a DOUBLE to clamp huge values.
-    return (
-        f"(CASE WHEN starts_with({x}, '\"') THEN TRY_CAST(json_extract_string({x}, '$') AS DOUBLE)"
-        f" WHEN starts_with({x}, '[') OR starts_with({x}, '{{') THEN NULL"
-        f" ELSE TRY_CAST({x} AS DOUBLE) END)"
-    )
+def _integer_part(number: str) -> str:
+    return f"CASE WHEN isfinite({number}) THEN trunc({number}) END"
 
 
-def _integer_or_null(x: str) -> str:
-    number = _number(x)
-    return (
-        f"(CASE WHEN {_is_integer(x)} THEN TRY_CAST({x} AS BIGINT) "
-        f"WHEN isfinite({number}) THEN TRY_CAST(trunc({number}) AS BIGINT) END)"
-    )
-
-
-def _clamped(number: str, high: int) -> str:
-    return (
-        f"CAST(least({high}, greatest(0, coalesce(CASE WHEN isfinite({number}) "
-        f"THEN trunc({number}) END, 0))) AS BIGINT)"
-    )
-
-
-def _version(x: str) -> str:
-    # schema._as_int(value, 1): an integer, or a string of digits; anything else counts as 1.
-    return (
-        f"coalesce(CASE WHEN {_is_integer(x)} THEN TRY_CAST({x} AS DOUBLE) "
-        f"WHEN starts_with({x}, '\"') AND regexp_full_match(json_extract_string({x}, '$'), "
-        f"'[0-9]+') THEN TRY_CAST(json_extract_string({x}, '$') AS DOUBLE) END, 1)"
-    )
-
-
-def _string(x: str) -> str:
+def _json_string(x: str) -> str:
     return f"CASE WHEN starts_with({x}, '\"') THEN json_extract_string({x}, '$') END"
 
 
-# How values of the wrong type are read (``e`` is the event as read, see _ENVELOPE):
+# The envelope as read from JSON: values whose JSON type matters are kept as JSON text; text
+# fields take any value (a number or an object becomes its JSON text).
+_ENVELOPE_JSON = {
+    **dict.fromkeys(TEXT_FIELDS, "VARCHAR"),
+    "id": "JSON",
+    "type": "JSON",
+    **dict.fromkeys(INTEGER_FIELDS, "JSON"),
+    "data": "JSON",
+}
+
+# Both ways of reading events give: the envelope's text fields (``id`` and ``type`` NULL when
+# not strings), the integer part of each integer field as a DOUBLE (``n_<field>``, NULL when
+# it holds no number) and ``raw``, the JSON text of ``data`` as DuckDB writes it.
+_FROM_JSON = ", ".join(
+    [
+        *(
+            f"{_json_string(f'e.{f}') if f in ('id', 'type') else f'e.{f}'} AS {f}"
+            for f in TEXT_FIELDS
+        ),
+        *(f"{_json_number(f'CAST(e.{f} AS VARCHAR)')} AS n_{f}" for f in INTEGER_FIELDS),
+        "CAST(e.data AS VARCHAR) AS raw",
+    ]
+)
+_FROM_ARROW = ", ".join(
+    [
+        *(f"e.{f} AS {f}" for f in TEXT_FIELDS),
+        *(f"CAST(e.{f} AS DOUBLE) AS n_{f}" for f in INTEGER_FIELDS),
+        "CAST(json(e.data) AS VARCHAR) AS raw",
+    ]
+)
+
+
+def _clamped(number: str, high: int) -> str:
+    return f"CAST(least({high}, greatest(0, {number})) AS BIGINT)"
+
+
+# How the envelope's values are read (a value of the wrong type is coerced, never fatal):
 COERCIONS: dict[str, str] = {
-    "id": _string("e.id"),
-    "type": _string("e.type"),
-    "run_id": "e.run_id",
-    "task_id": "e.task_id",
-    "attempt": _integer_or_null("e.attempt"),
-    # A Lamport clock that is not an integer in range reads as the nearest one (0 if none).
-    "lc": _clamped(_number("e.lc"), MAX_LC),
-    # Milliseconds that are not an integer: from the ISO `time`, or 0.
+    "id": "id",
+    "type": "type",
+    "run_id": "run_id",
+    "task_id": "task_id",
+    # An integer field holding a number that is no integer reads as its integer part.
+    "attempt": "TRY_CAST(n_attempt AS BIGINT)",
+    # A Lamport clock out of range (or missing) reads as the nearest one (0).
+    "lc": _clamped("coalesce(n_lc, 0)", MAX_LC),
+    # Milliseconds missing: from the ISO `time`, or 0.
     "time_ms": _clamped(
-        f"CASE WHEN {_is_integer('e.time_ms')} THEN TRY_CAST(e.time_ms AS DOUBLE) "
-        "ELSE CAST(epoch_ms(TRY_CAST(e.time AS TIMESTAMPTZ)) AS DOUBLE) END",
+        "coalesce(n_time_ms, CAST(epoch_ms(TRY_CAST(time AS TIMESTAMPTZ)) AS DOUBLE), 0)",
         MAX_TIME_MS,
     ),
-    "seq": _integer_or_null("e.seq"),
-    "source": "e.source",
-    "actor": "e.actor",
-    "correlation_id": "e.correlation_id",
-    "causation_id": "e.causation_id",
-    "specversion": (
-        f"CASE WHEN {_is_integer('e.specversion')} THEN TRY_CAST(e.specversion AS BIGINT) "
-        f"ELSE coalesce(nullif({_integer_or_null('e.specversion')}, 0), 1) END"
-    ),
-    "dataversion_given": f"nullif({_integer_or_null('e.dataversion')}, 0)",
-    "sv": _version("e.specversion"),
-    "dv": _version("e.dataversion"),
-    "raw": "e.data",
+    "seq": "TRY_CAST(n_seq AS BIGINT)",
+    "source": "source",
+    "actor": "actor",
+    "correlation_id": "correlation_id",
+    "causation_id": "causation_id",
+    # Versions missing read as 1.
+    "specversion": "coalesce(TRY_CAST(n_specversion AS BIGINT), 1)",
+    "dataversion_given": "TRY_CAST(n_dataversion AS BIGINT)",
+    "sv": "coalesce(n_specversion, 1)",
+    "dv": "coalesce(n_dataversion, 1)",
+    "raw": "raw",
 }
 
 _NEWEST = (
@@ -339,11 +386,11 @@ def _current_data() -> str:
     return f"CASE type {' '.join(branches)} ELSE base END" if branches else "base"
 
 
-def _staging_sql(view: str, source: str) -> str:
+def _staging_select(front: str) -> str:
+    # `front`: rows as _FROM_JSON or _FROM_ARROW give them.
     coerced = ", ".join(f"{sql} AS {name}" for name, sql in COERCIONS.items())
     return f"""
-        CREATE OR REPLACE TEMP TABLE {view} AS
-        SELECT pos, id, type, run_id, task_id, attempt, lc, time_ms, seq, source, actor,
+        SELECT id, type, run_id, task_id, attempt, lc, time_ms, seq, source, actor,
                correlation_id, causation_id, specversion,
                CASE WHEN known THEN coalesce(newest, dataversion_given, 1)
                     ELSE coalesce(dataversion_given, 1) END AS dataversion,
@@ -362,21 +409,19 @@ def _staging_sql(view: str, source: str) -> str:
                        id IS NOT NULL AND type IS NOT NULL AND sv <= {ENVELOPE_VERSION}
                        AND CASE WHEN newest IS NULL THEN {_GENERIC} ELSE dv <= newest END
                          AS known
-                FROM (SELECT *, {_NEWEST} AS newest FROM (
-                    SELECT row_number() OVER () AS pos, {coerced}
-                    FROM (SELECT unnest(events) AS e FROM {source})
-                ))
+                FROM (SELECT *, {_NEWEST} AS newest FROM (SELECT {coerced} FROM ({front})))
             )
         )
     """
 
 
-def _read_sql(lines: EventLines) -> str:
-    path = _sql_text(lines.path)
-    size = max(16 * 2**20, lines.longest + 1)
+def _json_source(batch: EventBatch) -> str:
+    paths = ", ".join(_sql_text(p) for p in batch.paths)
+    columns = ", ".join(f"{_sql_text(k)}: {_sql_text(t)}" for k, t in _ENVELOPE_JSON.items())
+    size = max(16 * 2**20, batch.largest + 1)
     return (
-        f"read_json({path}, format = 'newline_delimited', maximum_object_size = {size}, "
-        f"columns = {{'events': '{_EVENT_STRUCT}[]'}})"
+        f"read_json([{paths}], format = 'array', maximum_object_size = {size}, "
+        f"columns = {{{columns}}})"
     )
 
 
@@ -681,19 +726,49 @@ def partition_user(canonical: str | None) -> str | None:
 # key that is not canonical stays as it is): only the others need parsing, in Python.
 _PARTITION_NEEDS_PARSING = "(contains({p}, '%') OR contains({p}, '='))"
 
-_EMPTY_SOURCE = f"(SELECT CAST([] AS {_EVENT_STRUCT}[]) AS events WHERE false)"
 
-
-def stage(con: duckdb.DuckDBPyConnection, lines: EventLines, view: str) -> FoldStats:
-    """Read ``lines`` into the staging view ``view`` (see the module docstring) and return
-    what was read. Drop it with :func:`unstage`."""
-    lines.flush()
-    rows = f"{view}__rows"
-    source = _read_sql(lines) if lines.lines else _EMPTY_SOURCE
+def _read_rows(
+    con: duckdb.DuckDBPyConnection, batch: EventBatch, rows: str, *, append: bool = False
+) -> None:
+    # Every event read (malformed ones too, with a NULL id or type) into the table `rows`.
+    batch.flush()
+    fronts: list[str] = []
+    name = f"{rows}__arrow"
+    if batch.tables or not batch.paths:
+        arrow = (
+            pa.concat_tables(batch.tables)
+            if batch.tables
+            else pa.schema(
+                [
+                    *(pa.field(f.name, f.type) for f in _ENVELOPE_ARROW),
+                    pa.field("data", pa.string()),
+                ]
+            ).empty_table()
+        )
+        con.register(name, arrow)
+        fronts.append(f"SELECT {_FROM_ARROW} FROM {name} AS e")
+    if batch.paths:
+        fronts.append(f"SELECT {_FROM_JSON} FROM {_json_source(batch)} AS e")
     try:
-        con.execute(_staging_sql(rows, source))
-    except duckdb.Error as exc:
+        for front in fronts:
+            select = _staging_select(front)
+            con.execute(
+                f"INSERT INTO {rows} {select}"
+                if append
+                else f"CREATE OR REPLACE TEMP TABLE {rows} AS {select}"
+            )
+            append = True
+    except duckdb.InvalidInputException as exc:
         raise ServoError(f"the events to fold are not readable JSON: {exc}") from exc
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            con.unregister(name)
+
+
+def _publish_rows(
+    con: duckdb.DuckDBPyConnection, rows: str, view: str, unencodable: int = 0
+) -> FoldStats:
+    # Malformed events and duplicates out of `rows`, the staging view `view` over what is left.
     total, malformed, distinct = _one(
         con,
         f"SELECT count(*), count(*) FILTER (WHERE id IS NULL OR type IS NULL), "
@@ -740,12 +815,19 @@ def stage(con: duckdb.DuckDBPyConnection, lines: EventLines, view: str) -> FoldS
             f"SELECT *, d.partition AS partition_user FROM {rows}"
         )
     return FoldStats(
-        events=total + lines.unencodable,
+        events=total + unencodable,
         duplicates=duplicates,
         unknown=unknown,
-        malformed=malformed + lines.unencodable,
+        malformed=malformed + unencodable,
         max_time_ms=max_time_ms,
     )
+
+
+def stage(con: duckdb.DuckDBPyConnection, batch: EventBatch, view: str) -> FoldStats:
+    """Read ``batch`` into the staging view ``view`` (see the module docstring) and return
+    what was read. Drop it with :func:`unstage`."""
+    _read_rows(con, batch, f"{view}__rows")
+    return _publish_rows(con, f"{view}__rows", view, batch.unencodable)
 
 
 def unstage(con: duckdb.DuckDBPyConnection, view: str) -> None:
@@ -757,8 +839,7 @@ def unstage(con: duckdb.DuckDBPyConnection, view: str) -> None:
 
 
 def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[int, ...]:
-    row = con.execute(sql).fetchone()
-    assert row is not None
+    (row,) = con.execute(sql).fetchall()
     return tuple(int(v) for v in row)
 
 
@@ -785,27 +866,27 @@ def contribution_sql(table: str, view: str) -> str:
     return CONTRIBUTIONS[table].replace("{v}", view)
 
 
-def fold_lines(
-    con: duckdb.DuckDBPyConnection, lines: EventLines, *, sort: bool = True
+def fold_batch(
+    con: duckdb.DuckDBPyConnection, batch: EventBatch, *, sort: bool = True
 ) -> tuple[dict[str, pa.Table], FoldStats]:
-    """Every table computed from the events in ``lines``, and what was read."""
+    """Every table computed from the events in ``batch``, and what was read."""
     view = f"__staged_{next(_names)}"
     try:
-        stats = stage(con, lines, view)
+        stats = stage(con, batch, view)
         return derive_tables(con, view, sort=sort), stats
     finally:
         unstage(con, view)
 
 
-def event_lines(events: Iterable[Mapping[str, Any]]) -> EventLines:
-    """``events`` written as :class:`EventLines` (close it, or use it in a ``with`` block)."""
-    lines = EventLines()
+def event_batch(events: Iterable[Mapping[str, Any]]) -> EventBatch:
+    """``events`` written as :class:`EventBatch` (close it, or use it in a ``with`` block)."""
+    batch = EventBatch()
     try:
-        lines.add_events(events)
+        batch.add_events(events)
     except BaseException:
-        lines.close()
+        batch.close()
         raise
-    return lines
+    return batch
 
 
 def fold_with_stats(
@@ -814,8 +895,8 @@ def fold_with_stats(
     """Every projection table computed from ``events`` alone, and what was read."""
     con = connect()
     try:
-        with event_lines(events) as lines:
-            return fold_lines(con, lines)
+        with event_batch(events) as batch:
+            return fold_batch(con, batch)
     finally:
         con.close()
 
@@ -826,44 +907,77 @@ def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
 
 
 def fold_batches(
-    batches: Iterable[EventLines], *, events_before_ms: int | None = None
+    batches: Iterable[EventBatch],
+    *,
+    events_before_ms: int | None = None,
+    max_staged_events: int = 2_000_000,
 ) -> tuple[dict[str, pa.Table], FoldStats]:
     """Fold a stream of batches into final tables (merged, sorted), closing each batch.
 
-    DuckDB folds a batch on a second thread while the caller writes the next one (which
-    holds the interpreter lock only to encode events that arrive as dicts). Events before
-    ``events_before_ms`` are left out of the events table (retention); the other tables keep
-    them."""
+    DuckDB reads a batch on a second thread while the caller writes the next one (which
+    holds the interpreter lock only to encode events that arrive as dicts); the tables are
+    derived once everything is read, or every ``max_staged_events`` events (and those parts
+    merged). Events before ``events_before_ms`` are left out of the events table (retention);
+    the other tables keep them."""
     parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_SPECS}
     stats = FoldStats()
+    view = f"__batches_{next(_names)}"
+    rows = f"{view}__rows"
     con = connect()
+    staged = 0
+    unencodable = 0
 
-    def fold_one(lines: EventLines) -> tuple[dict[str, pa.Table], FoldStats]:
-        with lines:
-            return fold_lines(con, lines, sort=False)
+    def read(batch: EventBatch, append: bool) -> int:
+        with batch:
+            _read_rows(con, batch, rows, append=append)
+            return batch.unencodable
 
-    def collect(done: Future[tuple[dict[str, pa.Table], FoldStats]]) -> None:
-        tables, batch_stats = done.result()
-        stats.add(batch_stats)
-        for name, table in tables.items():
-            if table.num_rows:
-                parts[name].append(table)
+    def derive() -> None:
+        nonlocal staged, unencodable
+        try:
+            stats.add(_publish_rows(con, rows, view, unencodable))
+            for name, table in derive_tables(con, view).items():
+                if table.num_rows:
+                    parts[name].append(table)
+        finally:
+            unstage(con, view)
+        staged = unencodable = 0
 
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="servo-fold") as pool:
-            pending: Future[tuple[dict[str, pa.Table], FoldStats]] | None = None
+            pending: Future[int] | None = None
             iterator = iter(batches)
             try:
-                for lines in iterator:
+                for batch in iterator:
                     if pending is not None:
-                        collect(pending)
-                    pending = pool.submit(fold_one, lines)
+                        unencodable += pending.result()
+                        (staged,) = _one(con, f"SELECT count(*) FROM {rows}")
+                        pending = None
+                        if staged >= max_staged_events:
+                            derive()
+                    pending = pool.submit(read, batch, staged > 0)
+                if pending is not None:
+                    unencodable += pending.result()
+                    pending = None
+                    derive()
             finally:
+                if pending is not None:
+                    pending.cancel()
                 # Whatever happened, no batch is left behind on disk.
-                for lines in iterator:
-                    lines.close()
-            if pending is not None:
-                collect(pending)
+                for batch in iterator:
+                    batch.close()
+        if all(len(p) <= 1 for p in parts.values()):
+            # Read in one part: merged and sorted already.
+            tables = {
+                name: parts[name][0] if parts[name] else spec.schema.empty_table()
+                for name, spec in TABLE_SPECS.items()
+            }
+            if events_before_ms is not None:
+                events = tables["events"]
+                tables["events"] = events.filter(
+                    pc.greater_equal(events["time_ms"], events_before_ms)
+                )
+            return tables, stats
         return finish_tables(con, parts, stats, events_before_ms), stats
     finally:
         con.close()

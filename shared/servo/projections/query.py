@@ -1,10 +1,10 @@
 """The read side: runs, a run's tasks and events, assets and partitions, from the projections.
 
-Every query runs in DuckDB over the published Parquet files plus the *tail*: the ledger
+Every query runs in DuckDB over the published Parquet batch plus the *tail*: the ledger
 segments after the published watermark and the events still in the state store's outbox,
 folded in memory by the same fold. Events are committed in the same transaction as the state
 change they describe, so the tail makes a query exactly as fresh as the state store — runs in
-flight included — while finished history comes from compact columnar files.
+flight included — while finished history comes from compact columnar batch.
 
 The functions return plain JSON-compatible values; the CLI and the HTTP API print them.
 """
@@ -20,13 +20,18 @@ from servo.control.drain import EVENTS_STREAM
 from servo.core.errors import InvalidRequest, NotFound, ServoError
 from servo.core.events import ms_to_iso
 from servo.ports import Ports, Where
-from servo.projections.compaction import CompactionSettings, Compactor, outbox_events
+from servo.projections.compaction import (
+    CompactionSettings,
+    Compactor,
+    outbox_events,
+    read_segments,
+)
 from servo.projections.fold import (
-    CONTRIBUTIONS,
+    EventBatch,
     connect,
-    contributions,
+    contribution_sql,
     merge_sql,
-    staging_view_sql,
+    stage,
 )
 from servo.projections.schema import TABLE_SPECS
 from servo.projections.store import Pointer, ProjectionStore
@@ -76,14 +81,12 @@ class ProjectionReader:
         # asks for that table.
         self._tail: str | None = None
         if live:
-            segments = ports.ledger.read(stream, after_seq=self.pointer.watermark)
-            events = [e for s in segments for e in s.events]
-            events.extend(outbox_events(ports))
-            staging = contributions(events).staging() if events else None
-            if staging is not None and staging.num_rows:
-                self.con.register("__tail_staging", staging)
-                self.con.execute(staging_view_sql("__tail", "__tail_staging"))
-                self._tail = "__tail"
+            with EventBatch() as batch:
+                read_segments(ports.ledger, stream, batch, after_seq=self.pointer.watermark)
+                batch.add_events(outbox_events(ports))
+                if batch.batch:
+                    stage(self.con, batch, "__tail")
+                    self._tail = "__tail"
 
     def close(self) -> None:
         self.con.close()
@@ -99,14 +102,14 @@ class ProjectionReader:
         so it may only name columns that are equal in every row of a key (key columns, or
         any column of an event-keyed table)."""
         spec = TABLE_SPECS[table]
-        files = [f.path for f in self.pointer.table_files(table)]
+        batch = [f.path for f in self.pointer.table_files(table)]
         conditions = [where] if where else []
         if table == "events" and self.pointer.events_before_ms is not None:
             conditions.append(f"time_ms >= {int(self.pointer.events_before_ms)}")
         cond = f" WHERE {' AND '.join(f'({c})' for c in conditions)}" if conditions else ""
         parts: list[str] = []
-        if files:
-            source, names = self.store.source(self.con, spec, files)
+        if batch:
+            source, names = self.store.source(self.con, spec, batch)
             self._registered.extend(names)
             parts.append(f"SELECT * FROM {source}{cond}")
         if self._tail is not None:
@@ -114,7 +117,7 @@ class ProjectionReader:
                 columns = ", ".join(f'"{c}"' for c in spec.column_names)
                 tail_rows = f"SELECT {columns} FROM {self._tail}"
             else:
-                tail_rows = CONTRIBUTIONS[table].replace("{v}", self._tail)
+                tail_rows = contribution_sql(table, self._tail)
             parts.append(f"SELECT * FROM ({tail_rows}){cond}")
         if not parts:
             name = f"__none_{table}"
@@ -122,7 +125,7 @@ class ProjectionReader:
                 self.con.register(name, spec.schema.empty_table())
                 self._registered.append(name)
             return f"(SELECT * FROM {name})"
-        if len(parts) == 1 and len(files) == 1:
+        if len(parts) == 1 and len(batch) == 1:
             return f"({parts[0]})"  # one file: already merged
         union = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
         return f"({merge_sql(spec, f'({union})')})"

@@ -163,7 +163,7 @@ def _sql_materialization_inputs(data: str) -> str:
     refs = (
         f"CASE WHEN json_type({data}, '$.inputs') = 'ARRAY' "
         f"THEN CAST(to_json(list_filter(list_transform(json_extract({data}, '$.inputs[*]'), "
-        f"item -> {_sql_input_ref('item')}), ref -> ref IS NOT NULL)) AS VARCHAR) "
+        f"lambda item: {_sql_input_ref('item')}), lambda ref: ref IS NOT NULL)) AS VARCHAR) "
         "ELSE '[]' END"
     )
     return (

@@ -33,14 +33,17 @@ variables in this process meanwhile (so that :meth:`ports` reaches them).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +81,7 @@ FUNCTIONS: tuple[str, ...] = (
 """Every entry point of ``functions/``."""
 
 WORKER = "worker"
+_HANDLED = re.compile(r"notification (\S+) handled: ")
 TERMINAL_RUN_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 _STOP_GRACE_S = 5.0
 
@@ -488,7 +492,8 @@ class ServerlessStack:
         after :meth:`deploy`, and again after a deploy that adds a topic or a bucket.
 
         The subscriptions are named after this stack's workspace, so stacks sharing the
-        emulators do not take each other's messages; they are deleted by :meth:`stop`.
+        emulators do not take each other's messages; they are deleted by :meth:`stop`. A
+        bucket wired before keeps its fake-gcs-server and that server's notification flags.
         """
         from servo.adapters.gcp.provision import (
             ensure_event_sensor_wiring,
@@ -505,7 +510,7 @@ class ServerlessStack:
         wiring = event_sensor_wiring(
             manifest,
             self.urls["sensor_evaluate"],
-            subscription_prefix=f"servo-{opts.workspace}-sensors-",
+            subscription_prefix=f"servo-{opts.workspace}-sensor-",
         )
         # The topics first: fake-gcs-server drops an event whose topic does not exist.
         ensure_event_sensor_wiring(opts.project, wiring)
@@ -584,6 +589,27 @@ class ServerlessStack:
         path = f"projects/{self.options.project}/topics/{topic}"
         future = self._publisher.publish(path, payload, **dict(attributes or {}))
         return str(future.result(timeout=60))
+
+    def notifications_handled(self) -> Counter[str]:
+        """How many deliveries of each message id ``sensor_evaluate`` has answered, from its
+        log (one line per delivery, written once its effect is committed): the only trace
+        of a notification that started nothing."""
+        seen: Counter[str] = Counter()
+        try:
+            text = (self.state_dir / "logs" / "sensor_evaluate.log").read_text(errors="replace")
+        except OSError:
+            return seen
+        for line in text.splitlines():
+            if "handled: " not in line:
+                continue
+            try:
+                message = str(json.loads(line).get("message", ""))
+            except ValueError:
+                continue
+            found = _HANDLED.match(message)
+            if found:
+                seen[found.group(1)] += 1
+        return seen
 
     def _unwire_event_sensors(self) -> None:
         if self._subscriptions:

@@ -716,7 +716,11 @@ def execute(
             began=began,
         )
         try:
-            blobs.put(envelope.log_path, capture.read_bytes())
+            data = capture.read_bytes()
+            # An attempt that printed nothing leaves no log object: one write saved per task.
+            # (Logs only grow, so an attempt whose partial log was flushed has data here.)
+            if data:
+                blobs.put(envelope.log_path, data)
         except Exception as exc:
             # The outcome matters more than the log: report it even if the log is lost.
             with contextlib.suppress(Exception):

@@ -18,7 +18,6 @@ fake-gcs-server's start-up flags on the emulators
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +29,7 @@ from google.cloud import pubsub_v1, tasks_v2
 
 from servo.adapters.gcp.config import publisher_client, storage_client, tasks_client
 from servo.adapters.gcp.errors import translate
+from servo.core.errors import DefinitionError
 from servo.core.manifest import Manifest
 from servo.sdk.event_sensors import KIND_GCS, KIND_PUBSUB
 
@@ -160,7 +160,8 @@ def delete_subscriptions(project: str, subscription_ids: Iterable[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Event sensors
 
-SUBSCRIPTION_PREFIX = "servo-sensors-"
+SUBSCRIPTION_PREFIX = "servo-sensor-"
+"""As terraform names them (``<name_prefix>-sensor-<topic>``, with the default prefix)."""
 _MAX_SUBSCRIPTION_ID = 255
 
 
@@ -199,6 +200,31 @@ class EventSensorWiring:
     subscriptions: tuple[SensorPushSubscription, ...]
     notifications: tuple[BucketNotification, ...]
 
+    def terraform_variables(self) -> dict[str, Any]:
+        """The ``gcs_sensor_buckets`` and ``pubsub_sensor_topics`` inputs of the terraform
+        module (``terraform/modules/servo_stack``) for these sensors, as JSON-ready values.
+
+        The module gives a bucket one notification topic: raises ``DefinitionError`` when
+        GCS sensors watch one bucket through several topics.
+        """
+        buckets: dict[str, Any] = {}
+        for note in self.notifications:
+            if note.bucket in buckets:
+                raise DefinitionError(
+                    f"GCS sensors watch bucket {note.bucket!r} through several topics "
+                    f"({buckets[note.bucket]['topic']}, {note.topic}); give them one topic"
+                )
+            buckets[note.bucket] = {
+                "topic": note.topic,
+                "event_types": list(note.event_types),
+                "object_name_prefix": note.object_prefix,
+            }
+        gcs_topics = {n.topic for n in self.notifications}
+        return {
+            "gcs_sensor_buckets": buckets,
+            "pubsub_sensor_topics": {t: {} for t in self.topics if t not in gcs_topics},
+        }
+
 
 def sensor_subscription_id(topic: str, prefix: str = SUBSCRIPTION_PREFIX) -> str:
     """The id of the push subscription of ``topic`` (a valid id however long the topic)."""
@@ -213,6 +239,17 @@ def sensor_push_endpoint(sensor_evaluate_url: str, topic: str) -> str:
     """The push endpoint of ``topic``: the ``sensor_evaluate`` URL with ``?topic=``."""
     separator = "&" if "?" in sensor_evaluate_url else "?"
     return f"{sensor_evaluate_url}{separator}topic={quote(topic, safe='')}"
+
+
+def _common_prefix(texts: list[str]) -> str:
+    """The longest string every one of ``texts`` starts with (object names, not paths)."""
+    if not texts:
+        return ""
+    first, last = min(texts), max(texts)
+    size = 0
+    while size < len(first) and first[size] == last[size]:
+        size += 1
+    return first[:size]
 
 
 def event_sensor_wiring(
@@ -246,7 +283,7 @@ def event_sensor_wiring(
     for (bucket, topic), specs in sorted(buckets.items()):
         events = sorted({str(e) for s in specs for e in s.config.get("event_types") or ()})
         prefixes = [s.config.get("prefix") for s in specs]
-        common = os.path.commonprefix([str(p) for p in prefixes]) if all(prefixes) else ""
+        common = _common_prefix([str(p) for p in prefixes]) if all(prefixes) else ""
         notifications.append(
             BucketNotification(
                 bucket=bucket,
