@@ -68,6 +68,8 @@ def dev_on_emulators(
     with ServerlessStack(state_dir, options) as stack:
         code_version = stack.deploy(project.root)
         say(f"deployed code version {code_version}")
+        # Topics, push subscriptions and bucket notifications for the project's event sensors.
+        stack.wire_event_sensors()
         for name, url in stack.urls.items():
             say(f"  {name:<16} {url}")
         say(f"logs in {state_dir / 'logs'}; to use this stack from another shell:")

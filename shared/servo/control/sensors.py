@@ -72,7 +72,7 @@ from servo.control.drain import EVENTS_STREAM
 from servo.control.uow import Cause, UnitOfWork, in_uow
 from servo.core import events as ev
 from servo.core.canonical import sha256_hex
-from servo.core.errors import InvalidRequest, NotFound, SelectionError
+from servo.core.errors import InvalidRequest, NotFound, SelectionError, TransientError
 from servo.core.manifest import Manifest, SensorSpec
 from servo.core.selection import parse_selection, resolve_selection
 from servo.ports import Doc, Ports, Where
@@ -945,6 +945,10 @@ def _evaluate_notification(
             if attr and not key:
                 return _Evaluated(reason=f"message {note.id} has no attribute {attr!r}")
             outcome = ItemOutcome(requests=[RequestedRun(partition_key=key)])
+    except TransientError:
+        # The worker runtime could not be reached: nothing is recorded, so the caller answers
+        # "retry" and the notification is delivered again, instead of being lost as FAILED.
+        raise
     except Exception as exc:
         log.exception("sensor %s: handling a notification failed", spec.name)
         return _Evaluated(error=error_doc(f"{type(exc).__name__}: {exc}", traceback.format_exc()))

@@ -40,9 +40,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from json.encoder import (  # type: ignore[attr-defined]
+    c_make_encoder,
+    encode_basestring_ascii,
+)
 from types import TracebackType
 from typing import Any
 
@@ -128,7 +132,23 @@ class FoldStats:
 # ----------------------------------------------------------------------------- encoding
 
 # ensure_ascii: the text is then plain ASCII, so encoding it to bytes is a copy.
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False).encode
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
+_encode = _ENCODER.encode
+
+
+def _encoder_of_values() -> Callable[[Any], str]:
+    # JSONEncoder.encode builds a new C encoder on every call; for one small value per event
+    # that costs more than the encoding, so the C encoder is made once (where it exists).
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return _encode
+    make = c_make_encoder(
+        None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    join = "".join
+    return lambda value: join(make(value, 0))
+
+
+_encode_value = _encoder_of_values()
 
 # How a segment written by `encode_segment` starts: its events are the rest of it but "]}".
 _SEGMENT_HEAD = re.compile(rb'\{"stream":"(?:[^"\\]|\\.)*","seq":-?[0-9]+,"events":\[')
@@ -202,7 +222,7 @@ class EventBatch:
         while chunk := list(itertools.islice(iterator, CHUNK_EVENTS)):
             try:
                 envelope = pa.array(chunk, type=_ENVELOPE_ARROW)
-                data = pa.array([_encode(e.get("data")) for e in chunk], type=pa.string())
+                data = pa.array([_encode_value(e.get("data")) for e in chunk], type=pa.string())
             except (pa.ArrowException, AttributeError, OverflowError, TypeError, ValueError):
                 self._add_json(chunk)
                 continue
