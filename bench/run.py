@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +29,14 @@ from bench_run import bench_run
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("load", "plan", "run")
+# Benchmarks with tables of their own, run as separate programs after the ones above.
+EXTRAS: dict[str, list[str]] = {
+    "projections": ["projections.py", "--events", "1000000"],
+    "automation": ["automation.py"],
+    "events": ["event_latency.py", "--events", "100"],
+    "gcp-costs": ["gcp_costs.py"],
+    "serverless": ["serverless.py"],
+}
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "benchmarks",
         nargs="*",
         metavar="BENCHMARK",
-        help=f"{', '.join(BENCHMARKS)} or all (default: all)",
+        help=(
+            f"{', '.join(BENCHMARKS)} (the default), {', '.join(EXTRAS)} "
+            "(the projections, automation and Google Cloud benchmarks; the last three start "
+            "the emulators) or all"
+        ),
     )
     p.add_argument(
         "--with-dagster",
@@ -234,9 +247,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
-    unknown = [b for b in args.benchmarks if b not in (*BENCHMARKS, "all")]
+    unknown = [b for b in args.benchmarks if b not in (*BENCHMARKS, *EXTRAS, "all")]
     if unknown:
-        p.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)} or all")
+        p.error(
+            f"unknown benchmark {unknown[0]!r}; choose from "
+            f"{', '.join((*BENCHMARKS, *EXTRAS))} or all"
+        )
     return args
 
 
@@ -244,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks, print the table and write the JSON results."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     wanted = set(args.benchmarks)
-    selected = set(BENCHMARKS) if not wanted or "all" in wanted else wanted
+    if not wanted:
+        selected = set(BENCHMARKS)
+    elif "all" in wanted:
+        selected = {*BENCHMARKS, *EXTRAS}
+    else:
+        selected = wanted
     work = Path(tempfile.mkdtemp(prefix="servo-bench-"))
     servo: dict[str, Any] = {}
     dagster: dict[str, Any] | None = None
@@ -278,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             dagster_note = f"measured now with dagster {version}"
     rows = build_rows(servo, dagster)
+    for name, command in EXTRAS.items():
+        if name in selected:
+            print(f"\n== {name}: bench/{command[0]} ==", flush=True)
+            subprocess.run([sys.executable, str(HERE / command[0]), *command[1:]], check=False)
+    if not rows:
+        return 0
     load_after = os.getloadavg()[0]
     print()
     print_table(rows)
