@@ -18,11 +18,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servo.adapters.embedded import open_embedded
+from servo.adapters.embedded.ledger import stream_directory
+from servo.adapters.segments import encode_segment
 from servo.core import events as ev
+from servo.projections import compaction
 from servo.projections.compaction import CompactionSettings, Compactor
-from servo.projections.fold import fold, reduce_tables
+from servo.projections.fold import (
+    EventBatch,
+    event_batch,
+    fold,
+    fold_batch,
+    fold_batches,
+    fold_with_stats,
+    reduce_tables,
+)
 from servo.projections.rebuild import published_table, rebuild_projections
 from servo.projections.schema import TABLE_SPECS
+from servo.projections.synthetic import synthetic_runs
 
 RUNS = ["r1", "r2", "r3"]
 TASKS = ["ta", "tb", "tc"]
@@ -272,3 +284,119 @@ def test_incremental_compaction_publishes_the_fold_of_the_ledger(
         compactor.collect_orphans()
         on_disk = set(compactor.store.list_files())
         assert pointer.referenced() <= on_disk
+
+
+class EncodedLedger:
+    """A file ledger that also hands out its segments as stored (``read_encoded``), which
+    compaction then reads without decoding them in Python."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def read_encoded(
+        self, stream: str, after_seq: int = -1, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        seqs = [s.seq for s in self.inner.read(stream, after_seq=after_seq, limit=limit)]
+        directory = stream_directory(self.inner.root, stream)
+        return [(seq, (directory / f"{seq:012d}.json").read_bytes()) for seq in seqs]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _odd(events: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """Some events with values of the wrong type, as an older or buggy writer might leave."""
+    odd: list[Any] = [
+        {"lc": "7"},
+        {"lc": 2.5, "time_ms": 9.75},
+        {"time_ms": "soon", "time": "2026-01-01T00:00:01.500Z"},
+        {"attempt": True, "seq": "3"},
+        {"run_id": 17, "actor": {"user": "x"}},
+        {"specversion": "1", "dataversion": "1"},
+        {"dataversion": 99},
+        {"data": None},
+        {"data": [1, "two"]},
+        {"data": {"asset": "x", "partition": "d=2024-01-01,r=eu", "to": "FAILED", "é": "☃"}},
+        {"id": 5},
+        {"type": None},
+    ]
+    return [{**e, **rng.choice(odd)} if rng.random() < 0.3 else e for e in events]
+
+
+@given(histories(), st.integers(min_value=0, max_value=10_000))
+@settings(max_examples=25, deadline=None)
+def test_segments_as_stored_fold_like_their_events_as_dicts(
+    events: list[dict[str, Any]], seed: int
+) -> None:
+    """Events read by Arrow from dicts, and the same events read by DuckDB from a segment's
+    bytes (gzip-compressed JSON), odd values included, give the same tables, byte for byte."""
+    rng = random.Random(seed)
+    delivered = _odd(_delivered(events, seed), rng)
+    con = duckdb.connect()
+    with EventBatch() as batch:
+        # One event at a time: each odd one goes the JSON way, the others the Arrow way.
+        for event in delivered:
+            batch.add_events([event])
+        assert batch.tables or not any(e in events for e in delivered)
+        as_dicts, dict_stats = fold_batch(con, batch)
+    with EventBatch() as batch:
+        for start in range(0, len(delivered), 5):
+            batch.add_segment(encode_segment("events", start, delivered[start : start + 5]))
+        as_segments, segment_stats = fold_batch(con, batch)
+    _same(as_dicts, as_segments)
+    assert dict_stats == segment_stats
+
+
+def test_compaction_reads_segments_as_stored_when_the_ledger_hands_them_out(
+    tmp_path: Path,
+) -> None:
+    events = _delivered(list(synthetic_runs(3, 20, seed=11)), 3)
+    homes = {}
+    for kind in ("decoded", "encoded"):
+        ports = open_embedded(tmp_path / kind)
+        if kind == "encoded":
+            ports.ledger = EncodedLedger(ports.ledger)  # type: ignore[assignment]
+            assert isinstance(ports.ledger, compaction.EncodedLedger)
+        for seq, start in enumerate(range(0, len(events), 40)):
+            ports.ledger.append("events", seq, events[start : start + 40])
+        settings_ = CompactionSettings(max_segments=2, fanout=2, gc_grace_ms=0)
+        Compactor(ports, settings_).compact()  # the first publication folds everything
+        ports.ledger.append("events", seq + 1, events[:7])  # delivered again
+        result = Compactor(ports, settings_).compact()
+        assert result.stats.events == 7
+        homes[kind] = ports
+    whole = fold(events)
+    con = duckdb.connect()
+    for ports in homes.values():
+        store = Compactor(ports).store
+        pointer, _ = store.load_pointer()
+        assert pointer is not None
+        for name, spec in TABLE_SPECS.items():
+            assert published_table(con, store, pointer, spec).equals(whole[name]), name
+        assert rebuild_projections(ports, repair=False).equal
+
+
+def test_events_read_in_several_batches_are_counted_and_kept_once() -> None:
+    events = list(synthetic_runs(2, 10, seed=12))
+    repeated = events + events[:9] + [{"id": "no-type"}]
+    batches = [repeated[i : i + 11] for i in range(0, len(repeated), 11)]
+    # A part derived every few events: parts merge, and an event read in two parts is one.
+    tables, stats = fold_batches((event_batch(b) for b in batches), max_staged_events=20)
+    _same(tables, fold(events))
+    assert (stats.events, stats.duplicates, stats.malformed) == (len(repeated), 9, 1)
+    whole, whole_stats = fold_batches(event_batch(b) for b in batches)
+    _same(whole, tables)
+    assert whole_stats == stats
+
+
+def test_events_that_are_not_json_are_counted_not_fatal() -> None:
+    event = next(iter(synthetic_runs(1, 1, seed=13)))
+    odd: list[Any] = [
+        {**event, "id": "nan", "data": {"x": float("nan")}},
+        {**event, "id": "set", "data": {"x": {1, 2}}},
+        "not an event",
+        event,
+    ]
+    tables, stats = fold_with_stats(odd)
+    assert (stats.events, stats.malformed) == (4, 3)
+    assert tables["events"]["id"].to_pylist() == [event["id"]]

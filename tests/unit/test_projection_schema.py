@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from servo.projections.fold import fold, fold_with_stats
-from servo.projections.schema import DATA_VERSIONS, classify, event_data
+from servo.projections.schema import DATA_VERSIONS, classify, event_data, input_ref
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "events"
 
@@ -113,3 +115,68 @@ def test_unknown_future_and_malformed_events_are_kept_or_skipped_not_fatal() -> 
     runs = {r["run_id"]: r for r in tables["runs"].to_pylist()}
     assert runs[created["run_id"]]["state"] == "QUEUED"
     assert runs[created["run_id"]]["selection"] == "raw_orders+"
+
+
+def _folded_data(event: dict[str, Any]) -> Any:
+    (row,) = fold([event])["events"].to_pylist()
+    return json.loads(row["data"])
+
+
+@pytest.mark.parametrize("name", sorted(_golden()))
+def test_the_fold_upcasts_golden_events_in_sql_as_the_python_upcasters_do(name: str) -> None:
+    doc = _golden()[name]
+    assert _folded_data(doc["event"]) == doc["upcast_data"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["event", "reason", "error", "duration_ms", "asset", "é"]),
+        st.sampled_from(["FAIL", "SUCCEED", "HEARTBEAT_TIMEOUT"]) | json_values,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_task_state_data_upcasts_in_sql_as_in_python(data: dict[str, Any]) -> None:
+    event = {"id": "e1", "type": "servo.task.state_changed", "lc": 1, "time_ms": 1, "data": data}
+    assert _folded_data(event) == event_data(event)
+
+
+input_items = (
+    st.text(alphabet="ab|", max_size=5)
+    | st.fixed_dictionaries(
+        {"asset": st.sampled_from(["a", 1, None])},
+        optional={
+            "partition": st.sampled_from(["p", None, 3]),
+            "output_path": st.sampled_from(["o", None, 4]),
+            "path": st.sampled_from(["q", None]),
+            "extra": json_values,
+        },
+    )
+    | json_values
+)
+
+
+@given(st.lists(input_items, max_size=4) | json_values, st.sampled_from([None, 1, 2]))
+@settings(max_examples=60, deadline=None)
+def test_materialization_inputs_normalize_in_sql_as_in_python(
+    inputs: Any, version: int | None
+) -> None:
+    event = {
+        "id": "e1",
+        "type": "servo.asset.materialized",
+        "lc": 1,
+        "time_ms": 1,
+        "dataversion": version,
+        "data": {"asset": "x", "inputs": inputs},
+    }
+    refs = [input_ref(i) for i in inputs] if isinstance(inputs, list) else []
+    expected = {"asset": "x", "inputs": [r for r in refs if r is not None]}
+    assert _folded_data(event) == expected

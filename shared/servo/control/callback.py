@@ -55,6 +55,10 @@ from servo.ports import Doc, Ports, Where
 from servo.worker.envelope import Answer, Outcome
 
 SKIP_BATCH = 200
+# Downstream tasks released in the success's own transaction; wider releases are batched.
+RELEASE_INLINE_MAX = 100
+# READY tasks a finishing attempt dispatches itself; the rest go through a dispatch message.
+HANDOFF_MAX = 20
 ReportKind = Literal["started", "heartbeat", "completed"]
 
 
@@ -229,9 +233,12 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
             raise InvalidRequest(f"run {report.run_id} does not exist")
         slots = _read_slots(uow, task)
         single = list(task.get("release_with") or [])
+        # A wide release is done after the commit, in batches (a transaction holds at most
+        # 500 writes); a narrow one goes with the success itself.
+        release_inline = len(single) <= RELEASE_INLINE_MAX
         downstream_docs = (
             uow.get_many(TASKS, [task_doc_id(report.run_id, d) for d in single])
-            if outcome.status == "succeeded" and single
+            if outcome.status == "succeeded" and single and release_inline
             else {}
         )
         pointer_id = asset_partition_id(task["asset"], task.get("partition"))
@@ -335,7 +342,11 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
             )
             handed: list[Doc] = []
             if live:
-                budget = 1 if run.get("max_concurrency") else len(released) + len(waiting)
+                budget = (
+                    1
+                    if run.get("max_concurrency")
+                    else min(HANDOFF_MAX, len(released) + len(waiting))
+                )
                 free: dict[str, list[str]] = {}
                 for sid in held:
                     free.setdefault(sid.rsplit(":", 1)[0], []).append(sid)
@@ -347,9 +358,17 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
                 uow, task, {k: v for k, v in held.items() if k not in used}, report.attempt
             )
             follow["handed"] = handed
-            follow["released_any"] = bool(released)
-            follow["dispatch_run"] = any(d["state"] == TaskState.READY.value for _, d in released)
+            follow["released_any"] = bool(released) or (
+                outcome.status == "succeeded" and bool(single) and not release_inline
+            )
+            follow["release_later"] = (
+                single if outcome.status == "succeeded" and not release_inline else []
+            )
+            follow["dispatch_run"] = any(
+                d["state"] == TaskState.READY.value for _, d in released
+            ) or (outcome.status == "succeeded" and bool(single) and not release_inline)
         if result.accepted:
+            follow["lc"] = int(task.get("lc", 0))
             downstream = set(task.get("downstream") or [])
             follow["fan_in"] = bool(downstream - set(task.get("release_with") or []))
             follow["leaf"] = not downstream
@@ -362,6 +381,8 @@ def _completed(ports: Ports, report: Report, outcome: Outcome, settings: Setting
     ports.crash("callback.after_completed_commit")
     for handed in follow.get("handed") or []:
         send_envelope(ports, handed, settings)
+    if follow.get("release_later"):
+        release_tasks(ports, report.run_id, list(follow["release_later"]), follow.get("lc", 0))
     if "state" in follow:
         follow_up(
             ports,
@@ -549,6 +570,28 @@ def release_task(
     cause = Cause(source=source, correlation_id=run_id, lc_floor=lc_floor)
     done, _ = in_uow(ports, cause, body)
     return done
+
+
+def release_tasks(ports: Ports, run_id: str, task_ids: Sequence[str], lc_floor: int) -> int:
+    """Release single-upstream downstream tasks in batches (after a wide fan-out's upstream
+    succeeded); idempotent. Returns how many were released."""
+    released = 0
+    for start in range(0, len(task_ids), SKIP_BATCH):
+        chunk = list(task_ids[start : start + SKIP_BATCH])
+
+        def body(uow: UnitOfWork, chunk: list[str] = chunk) -> int:
+            docs = uow.get_many(TASKS, [task_doc_id(run_id, t) for t in chunk])
+            n = 0
+            for d in docs.values():
+                if d["state"] in (TaskState.BLOCKED.value, TaskState.PLANNED.value):
+                    r = apply_task(uow, d, TaskSignal(TaskEvent.RELEASE), record_duplicate=False)
+                    n += int(r.accepted and not r.duplicate)
+            return n
+
+        cause = Cause(source="servo/callback", correlation_id=run_id, lc_floor=lc_floor)
+        count, _ = in_uow(ports, cause, body)
+        released += count
+    return released
 
 
 def skip_downstream(ports: Ports, run_id: str, failed: Sequence[str]) -> int:

@@ -20,6 +20,7 @@ from servo.ports import Doc, Ports, StateTxn, Where
 T = TypeVar("T")
 
 OUTBOX = "outbox"
+OUTBOX_BATCH = 100  # events per outbox document
 
 
 @dataclass
@@ -136,14 +137,15 @@ class UnitOfWork:
         return eid
 
     def flush_events(self) -> None:
-        if not self.events:
-            return
-        first = self.events[0]["id"]
-        self.txn.create(
-            OUTBOX,
-            first,
-            {"events": self.events, "created_ms": self.now_ms, "lc": self.next_lc},
-        )
+        # Large transactions (a run's first batch of tasks, a wide release) are split over
+        # several outbox documents, keeping each far below Firestore's 1 MiB document limit.
+        for start in range(0, len(self.events), OUTBOX_BATCH):
+            chunk = self.events[start : start + OUTBOX_BATCH]
+            self.txn.create(
+                OUTBOX,
+                chunk[0]["id"],
+                {"events": chunk, "created_ms": self.now_ms, "lc": self.next_lc},
+            )
 
 
 def in_uow(ports: Ports, cause: Cause, fn: Callable[[UnitOfWork], T]) -> tuple[T, list[Doc]]:

@@ -1,20 +1,20 @@
 """Compaction: fold new ledger segments into the Parquet projections and publish them.
 
 One step reads the pointer, folds the segments after its watermark into one small delta file
-per table, merges batch when a level fills up, and publishes a new pointer with a generation
+per table, merges files when a level fills up, and publishes a new pointer with a generation
 precondition. The cost of a step is proportional to the new events; merging is size-tiered
-(``fanout`` batch of a level become one file of the next level), so every row is rewritten
-O(log_fanout(history)) times in total and a table is at most ``fanout - 1`` batch per level.
+(``fanout`` files of a level become one file of the next level), so every row is rewritten
+O(log_fanout(history)) times in total and a table is at most ``fanout - 1`` files per level.
 
 Safety:
 
-* batch are immutable and written before the pointer that names them; the pointer is replaced
+* files are immutable and written before the pointer that names them; the pointer is replaced
   only if it is still the generation the step started from, so two compactors racing publish
   one after the other, each on top of the other's view — never a torn or regressed one (the
   watermark and epoch of a published pointer only grow);
 * a loser deletes what it wrote and tries again from the winner's pointer;
-* batch a merge replaces are kept for ``gc_grace_ms`` (a reader may still hold the old
-  pointer) and then deleted; batch nobody references (a crashed compactor's) are collected by
+* files a merge replaces are kept for ``gc_grace_ms`` (a reader may still hold the old
+  pointer) and then deleted; files nobody references (a crashed compactor's) are collected by
   the same rule;
 * the ledger is only ever read.
 
@@ -62,7 +62,7 @@ class CompactionSettings:
     """How compaction batches, merges and retains (``Ports.settings`` keys in brackets).
 
     * ``max_segments`` [``compaction_max_segments``]: segments folded per published step;
-    * ``fanout`` [``projection_fanout``]: batch of one level merged into one of the next;
+    * ``fanout`` [``projection_fanout``]: files of one level merged into one of the next;
     * ``gc_grace_ms`` [``projection_gc_grace_s``]: how long a replaced file stays readable;
     * ``events_retention_ms`` [``events_retention_days``]: age after which events leave the
       ``events`` table (None keeps them all);
@@ -299,7 +299,7 @@ class Compactor:
         new = Pointer(
             epoch=pointer.epoch + 1,
             watermark=segments[-1] if segments else pointer.watermark,
-            tables={n: TableFiles(t.version, list(t.batch)) for n, t in pointer.tables.items()},
+            tables={n: TableFiles(t.version, list(t.files)) for n, t in pointer.tables.items()},
             events_before_ms=events_before,
             logs_before_ms=logs_before,
             garbage=[g for g in pointer.garbage if g not in due_garbage],
@@ -315,7 +315,7 @@ class Compactor:
                     continue
                 spec = TABLE_SPECS[name]
                 path = self.store.new_path(spec, new.epoch, 0, _unique(now_ms))
-                new.tables[name].batch.append(self.store.write(spec, table, path, 0))
+                new.tables[name].files.append(self.store.write(spec, table, path, 0))
                 written.append(path)
             merges = self._merge_levels(con, new, now_ms, written)
             logs_deleted = self._expire_logs(con, pointer, new, delta)
@@ -345,10 +345,10 @@ class Compactor:
         merges = 0
         fanout = self.settings.fanout
         for name, spec in TABLE_SPECS.items():
-            batch = pointer.tables[name].batch
+            files = pointer.tables[name].files
             while True:
                 by_level: dict[int, list[FileRef]] = {}
-                for f in batch:
+                for f in files:
                     by_level.setdefault(f.level, []).append(f)
                 full = sorted(level for level, fs in by_level.items() if len(fs) >= fanout)
                 if not full:
@@ -356,7 +356,7 @@ class Compactor:
                 level = full[0]
                 group = by_level[level]
                 table = self._merge_files(con, spec, [f.path for f in group], pointer)
-                keep = [f for f in batch if f not in group]
+                keep = [f for f in files if f not in group]
                 if table.num_rows:
                     path = self.store.new_path(spec, pointer.epoch, level + 1, _unique(now_ms))
                     keep.append(self.store.write(spec, table, path, level + 1))
@@ -368,9 +368,9 @@ class Compactor:
                         self.store.delete(f.path)
                     else:
                         pointer.garbage.append({"path": f.path, "retired_ms": now_ms})
-                batch = keep
+                files = keep
                 merges += 1
-            pointer.tables[name].batch = batch
+            pointer.tables[name].files = files
         return merges
 
     def _merge_files(
@@ -432,7 +432,7 @@ class Compactor:
                 self.store.delete(path)
 
     def collect_orphans(self, pointer: Pointer | None = None, now_ms: int | None = None) -> int:
-        """Delete projection batch that no pointer references any more (a crashed or losing
+        """Delete projection files that no pointer references any more (a crashed or losing
         compactor's), once they are older than the grace period; returns how many."""
         if pointer is None:
             pointer, _ = self.store.load_pointer()
@@ -452,9 +452,10 @@ class Compactor:
     # -- rebuilding -----------------------------------------------------------------------
 
     def fold_ledger(
-        self, con: duckdb.DuckDBPyConnection, upto_seq: int, events_before_ms: int | None
+        self, upto_seq: int, events_before_ms: int | None
     ) -> tuple[dict[str, pa.Table], FoldStats]:
-        """Every table computed from the ledger alone, up to segment ``upto_seq``."""
+        """Every table computed from the ledger alone, up to segment ``upto_seq`` (events
+        before ``events_before_ms`` left out of the events table)."""
 
         def batches() -> Iterator[EventBatch]:
             after = -1
@@ -491,7 +492,7 @@ class Compactor:
         upto = self.ports.ledger.last_seq(self.stream)
         base = previous or Pointer()
         events_before, logs_before = self._cutoffs(base, now_ms)
-        tables, stats = self.fold_ledger(con, upto, events_before)
+        tables, stats = self.fold_ledger(upto, events_before)
         if logs_before is not None:
             expiring = Pointer(logs_before_ms=logs_before)
             result.logs_deleted += self._expire_logs(con, Pointer(), expiring, tables)
@@ -536,13 +537,13 @@ class Compactor:
         written: list[str] = []
         try:
             for name, spec in TABLE_SPECS.items():
-                batch: list[FileRef] = []
+                files: list[FileRef] = []
                 table = tables[name]
                 if table.num_rows:
                     path = self.store.new_path(spec, epoch, top, _unique(now_ms))
-                    batch.append(self.store.write(spec, table, path, top))
+                    files.append(self.store.write(spec, table, path, top))
                     written.append(path)
-                pointer.tables[name] = TableFiles(spec.version, batch)
+                pointer.tables[name] = TableFiles(spec.version, files)
         except BaseException:
             self._delete_quietly(written)
             raise

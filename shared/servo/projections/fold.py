@@ -1,23 +1,23 @@
 """The fold: ledger events -> rows of the projection tables.
 
-Folding happens in DuckDB, with no Python work per event beyond encoding it:
+Folding happens in DuckDB, with no Python work per event beyond handing it over:
 
-1. Events are handed to DuckDB in bulk (:class:`EventBatch`): events already decoded into
-   dicts as Arrow columns (the envelope converted by Arrow, ``data`` encoded by the C JSON
-   encoder), a ledger segment as stored as JSON for DuckDB's reader (only decompressed, never
-   decoded in Python).
-2. :func:`stage` reads them into a *staging* table, one row per
-   distinct event: it drops malformed events (no string ``id`` or ``type``) and duplicates (by
-   id), classifies the rest as :func:`~servo.projections.schema.classify` does (unknown types
-   and versions are kept, marked ``known = false``), coerces values of the wrong type
-   (:data:`COERCIONS`), upcasts ``data`` to the newest version this reader knows
+1. :class:`EventBatch` hands events to DuckDB in bulk: events already decoded into dicts as
+   Arrow columns (the envelope converted by Arrow, ``data`` encoded by the C JSON encoder), a
+   ledger segment as stored as JSON for DuckDB's reader (only decompressed, never decoded in
+   Python).
+2. :func:`stage` reads them into a *staging* table, one row per distinct event: it drops
+   malformed events (no string ``id`` or ``type``) and duplicates (by id), classifies the rest
+   as :func:`~servo.projections.schema.classify` does (unknown types and versions are kept,
+   marked ``known = false``), coerces values of the wrong type (:data:`COERCIONS`), upcasts
+   ``data`` to the newest version this reader knows
    (:data:`~servo.projections.schema.SQL_UPCASTERS`), and adds the event's causal position
-   ``ord`` and its parsed ``data`` fields ``d``.
+   ``ord``.
 3. :func:`derive_tables` derives every table's rows from the staging table (vectorized SQL,
-   :data:`CONTRIBUTIONS`): a task's state change contributes a ``tasks`` row with only its
-   state columns set, an ``attempts`` row, maybe a ``partitions`` row, and so on. The rows of
-   each key then merge by the table's rules (:func:`merge_sql`,
-   :class:`~servo.projections.schema.Group`).
+   :data:`CONTRIBUTIONS`, reading the fields of ``data`` as ``d``, parsed for the events the
+   table reads): a task's state change contributes a ``tasks`` row with only its state columns
+   set, an ``attempts`` row, maybe a ``partitions`` row, and so on. The rows of each key then
+   merge by the table's rules (:func:`merge_sql`, :class:`~servo.projections.schema.Group`).
 
 Every merge rule is idempotent, commutative and associative, and ``ord`` (Lamport clock, then
 time, then event id) breaks every tie, so the result depends only on the *set* of events:
@@ -82,8 +82,8 @@ COMPLETION_EVENTS = (
 MATERIALIZATION = "servo.asset.materialized"
 MAX_LC = 10**12 - 1
 MAX_TIME_MS = 10**13 - 1
-# Events encoded per JSON line when they arrive as dicts: big enough that the encoder's call
-# overhead vanishes, small enough that DuckDB's reader splits a batch over its threads.
+# Events given as dicts are converted this many at a time (a chunk with a value of an
+# unexpected type is read as JSON instead: small chunks keep the others on the fast way).
 CHUNK_EVENTS = 1_000
 
 _names = itertools.count()
@@ -209,6 +209,11 @@ class EventBatch:
     ) -> None:
         self.close()
 
+    @property
+    def empty(self) -> bool:
+        """Whether nothing was added (or only events that could not be encoded)."""
+        return not (self.tables or self.paths or self._pending)
+
     def close(self) -> None:
         """Forget the events and delete the files."""
         self._pending = []
@@ -221,8 +226,12 @@ class EventBatch:
         iterator = iter(events)
         while chunk := list(itertools.islice(iterator, CHUNK_EVENTS)):
             try:
-                envelope = pa.array(chunk, type=_ENVELOPE_ARROW)
-                data = pa.array([_encode_value(e.get("data")) for e in chunk], type=pa.string())
+                # malloc rather than Arrow's default allocator, which in a fresh process spends
+                # more time in the kernel growing its heap than this takes otherwise.
+                pool = pa.system_memory_pool()
+                envelope = pa.array(chunk, type=_ENVELOPE_ARROW, memory_pool=pool)
+                texts = [_encode_value(e.get("data")) for e in chunk]
+                data = pa.array(texts, type=pa.string(), memory_pool=pool)
             except (pa.ArrowException, AttributeError, OverflowError, TypeError, ValueError):
                 self._add_json(chunk)
                 continue
@@ -417,7 +426,7 @@ def _staging_select(front: str) -> str:
                known, data,
                lpad(CAST(lc AS VARCHAR), 12, '0') || lpad(CAST(time_ms AS VARCHAR), 13, '0') || id
                  AS ord,
-               json_transform(data, '{_DATA_STRUCT}') AS d
+               json_transform(data, '{{"partition": "VARCHAR"}}').partition AS partition
         FROM (
             SELECT *,
                    CASE WHEN NOT known THEN
@@ -498,7 +507,6 @@ DATA_FIELDS = {
     "backfill_id": "VARCHAR",
     "state": "VARCHAR",
 }
-_DATA_STRUCT = json.dumps(DATA_FIELDS)
 
 _TASK_STATE = (
     "known AND type = 'servo.task.state_changed' AND run_id IS NOT NULL AND task_id IS NOT NULL"
@@ -747,6 +755,12 @@ def partition_user(canonical: str | None) -> str | None:
 _PARTITION_NEEDS_PARSING = "(contains({p}, '%') OR contains({p}, '='))"
 
 
+_STAGED_ORDER = (
+    "ord, type, data, run_id, task_id, attempt, seq, source, actor, correlation_id, "
+    "causation_id, specversion, dataversion, known"
+)
+
+
 def _read_rows(
     con: duckdb.DuckDBPyConnection, batch: EventBatch, rows: str, *, append: bool = False
 ) -> None:
@@ -799,10 +813,10 @@ def _publish_rows(
         con.execute(f"DELETE FROM {rows} WHERE id IS NULL OR type IS NULL")
     if duplicates:
         # Copies of one event are equal; should two different events share an id, the one
-        # first in causal order (then type, then data) is kept, whatever the order read.
+        # first in causal order (then by every other column) is kept, whatever the order read.
         con.execute(
             f"DELETE FROM {rows} WHERE rowid IN (SELECT rowid FROM {rows} "
-            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY ord, type, data) > 1)"
+            f"QUALIFY row_number() OVER (PARTITION BY id ORDER BY {_STAGED_ORDER}) > 1)"
         )
     unknown, max_time_ms = _one(
         con, f"SELECT count(*) FILTER (WHERE NOT known), coalesce(max(time_ms), 0) FROM {rows}"
@@ -810,8 +824,8 @@ def _publish_rows(
     special = [
         str(p)
         for (p,) in con.execute(
-            f"SELECT DISTINCT d.partition FROM {rows} WHERE "
-            + _PARTITION_NEEDS_PARSING.format(p="d.partition")
+            f"SELECT DISTINCT partition FROM {rows} WHERE "
+            + _PARTITION_NEEDS_PARSING.format(p="partition")
         ).fetchall()
     ]
     if special:
@@ -825,14 +839,14 @@ def _publish_rows(
         )
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT s.*, "
-            f"CASE WHEN {_PARTITION_NEEDS_PARSING.format(p='s.d.partition')} THEN u.user_form "
-            f"ELSE s.d.partition END AS partition_user "
-            f"FROM {rows} s LEFT JOIN {users} u ON u.canonical = s.d.partition"
+            f"CASE WHEN {_PARTITION_NEEDS_PARSING.format(p='s.partition')} THEN u.user_form "
+            f"ELSE s.partition END AS partition_user "
+            f"FROM {rows} s LEFT JOIN {users} u ON u.canonical = s.partition"
         )
     else:
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW {view} AS "
-            f"SELECT *, d.partition AS partition_user FROM {rows}"
+            f"SELECT *, partition AS partition_user FROM {rows}"
         )
     return FoldStats(
         events=total + unencodable,
@@ -881,9 +895,21 @@ def derive_tables(
     return out
 
 
+def _data_struct(sql: str) -> str:
+    # The fields of `data` that `sql` reads (as d.<field>), as json_transform's structure.
+    used = {m.group(2) for m in re.finditer(r'\bd\.("?)(\w+)\1', sql)}
+    return json.dumps({k: t for k, t in DATA_FIELDS.items() if k in used})
+
+
+# Each table's contributions parse only the fields of `data` they read, and only for the
+# events they read (the filters on the envelope apply first).
+_CONTRIBUTION_DATA = {name: _data_struct(sql) for name, sql in CONTRIBUTIONS.items()}
+
+
 def contribution_sql(table: str, view: str) -> str:
     """SQL of the rows the staging view ``view`` contributes to ``table``, before they merge."""
-    return CONTRIBUTIONS[table].replace("{v}", view)
+    parsed = f"(SELECT *, json_transform(data, '{_CONTRIBUTION_DATA[table]}') AS d FROM {view})"
+    return CONTRIBUTIONS[table].replace("{v}", parsed)
 
 
 def fold_batch(
@@ -965,25 +991,25 @@ def fold_batches(
 
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="servo-fold") as pool:
-            pending: Future[int] | None = None
+            pending: tuple[Future[int], EventBatch] | None = None
             iterator = iter(batches)
             try:
                 for batch in iterator:
                     if pending is not None:
-                        unencodable += pending.result()
+                        unencodable += pending[0].result()
                         (staged,) = _one(con, f"SELECT count(*) FROM {rows}")
                         pending = None
                         if staged >= max_staged_events:
                             derive()
-                    pending = pool.submit(read, batch, staged > 0)
+                    pending = (pool.submit(read, batch, staged > 0), batch)
                 if pending is not None:
-                    unencodable += pending.result()
+                    unencodable += pending[0].result()
                     pending = None
                     derive()
             finally:
-                if pending is not None:
-                    pending.cancel()
                 # Whatever happened, no batch is left behind on disk.
+                if pending is not None and pending[0].cancel():
+                    pending[1].close()
                 for batch in iterator:
                     batch.close()
         if all(len(p) <= 1 for p in parts.values()):
@@ -1009,8 +1035,8 @@ def finish_tables(
     stats: FoldStats,
     events_before_ms: int | None = None,
 ) -> dict[str, pa.Table]:
-    """Merge per-batch tables into final ones. An event read in two batches is counted as a
-    duplicate in ``stats`` (which is updated) and kept once."""
+    """Merge the tables of the parts of a fold into final ones. An event read in two parts is
+    counted as a duplicate in ``stats`` (which is updated) and kept once."""
     out: dict[str, pa.Table] = {}
     for name, spec in TABLE_SPECS.items():
         nonempty = [p.select(list(spec.column_names)) for p in parts[name] if p.num_rows]
@@ -1019,8 +1045,8 @@ def finish_tables(
         con.register(relation, table)
         try:
             if spec.key == ("id",):
-                # One row per event id within a batch; across batches only if no event was
-                # read twice, which one count tells.
+                # One row per event id within a part; across parts only if no event was read
+                # twice, which one count tells.
                 (distinct,) = _one(con, f"SELECT count(DISTINCT id) FROM {relation}")
                 repeated = table.num_rows - distinct
                 if name == "events" and repeated:

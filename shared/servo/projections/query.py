@@ -1,10 +1,10 @@
 """The read side: runs, a run's tasks and events, assets and partitions, from the projections.
 
-Every query runs in DuckDB over the published Parquet batch plus the *tail*: the ledger
+Every query runs in DuckDB over the published Parquet files plus the *tail*: the ledger
 segments after the published watermark and the events still in the state store's outbox,
 folded in memory by the same fold. Events are committed in the same transaction as the state
 change they describe, so the tail makes a query exactly as fresh as the state store — runs in
-flight included — while finished history comes from compact columnar batch.
+flight included — while finished history comes from compact columnar files.
 
 The functions return plain JSON-compatible values; the CLI and the HTTP API print them.
 """
@@ -84,7 +84,7 @@ class ProjectionReader:
             with EventBatch() as batch:
                 read_segments(ports.ledger, stream, batch, after_seq=self.pointer.watermark)
                 batch.add_events(outbox_events(ports))
-                if batch.batch:
+                if not batch.empty:
                     stage(self.con, batch, "__tail")
                     self._tail = "__tail"
 
@@ -102,14 +102,14 @@ class ProjectionReader:
         so it may only name columns that are equal in every row of a key (key columns, or
         any column of an event-keyed table)."""
         spec = TABLE_SPECS[table]
-        batch = [f.path for f in self.pointer.table_files(table)]
+        files = [f.path for f in self.pointer.table_files(table)]
         conditions = [where] if where else []
         if table == "events" and self.pointer.events_before_ms is not None:
             conditions.append(f"time_ms >= {int(self.pointer.events_before_ms)}")
         cond = f" WHERE {' AND '.join(f'({c})' for c in conditions)}" if conditions else ""
         parts: list[str] = []
-        if batch:
-            source, names = self.store.source(self.con, spec, batch)
+        if files:
+            source, names = self.store.source(self.con, spec, files)
             self._registered.extend(names)
             parts.append(f"SELECT * FROM {source}{cond}")
         if self._tail is not None:
@@ -125,7 +125,7 @@ class ProjectionReader:
                 self.con.register(name, spec.schema.empty_table())
                 self._registered.append(name)
             return f"(SELECT * FROM {name})"
-        if len(parts) == 1 and len(batch) == 1:
+        if len(parts) == 1 and len(files) == 1:
             return f"({parts[0]})"  # one file: already merged
         union = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
         return f"({merge_sql(spec, f'({union})')})"

@@ -106,7 +106,7 @@ def rebuild_projections(
                 else ports.ledger.last_seq(compactor.stream)
             )
             events_before = pointer.events_before_ms if pointer is not None else None
-            rebuilt, stats = compactor.fold_ledger(con, upto, events_before)
+            rebuilt, stats = compactor.fold_ledger(upto, events_before)
             report = RebuildReport(
                 watermark=upto, events=stats.events, had_pointer=pointer is not None
             )

@@ -60,7 +60,9 @@ def upcast_task_state(data: dict[str, Any]) -> dict[str, Any]:
     failure, as the reason, and no run time)."""
     out = dict(data)
     if "error" not in out:
-        out["error"] = out.get("reason") if out.get("event") in FAILURE_EVENTS else None
+        event = out.get("event")
+        failed = isinstance(event, str) and event in FAILURE_EVENTS
+        out["error"] = out.get("reason") if failed else None
     out.setdefault("duration_ms", None)
     return out
 
@@ -281,7 +283,8 @@ STR, INT, BOOL = pa.string(), pa.int64(), pa.bool_()
 
 EVENTS = TableSpec(
     name="events",
-    version=1,
+    # v2: JSON text as DuckDB writes it (members in the emitter's order; v1 sorted them).
+    version=2,
     key=("id",),
     columns=(
         ("id", STR),
@@ -330,7 +333,8 @@ EVENTS = TableSpec(
 
 RUNS = TableSpec(
     name="runs",
-    version=1,
+    # v2: JSON text as DuckDB writes it (members in the emitter's order; v1 sorted them).
+    version=2,
     key=("run_id",),
     columns=(
         ("run_id", STR),
@@ -451,7 +455,8 @@ ATTEMPTS = TableSpec(
 
 MATERIALIZATIONS = TableSpec(
     name="materializations",
-    version=1,
+    # v2: JSON text as DuckDB writes it (members in the emitter's order; v1 sorted them).
+    version=2,
     key=("id",),
     columns=(
         ("id", STR),
@@ -545,7 +550,8 @@ PARTITIONS = TableSpec(
 
 CHECKS = TableSpec(
     name="checks",
-    version=1,
+    # v2: JSON text as DuckDB writes it (members in the emitter's order; v1 sorted them).
+    version=2,
     key=("asset", "partition", "check_name"),
     columns=(
         ("asset", STR),
@@ -582,7 +588,8 @@ CHECKS = TableSpec(
 
 TICKS = TableSpec(
     name="ticks",
-    version=1,
+    # v2: JSON text as DuckDB writes it (members in the emitter's order; v1 sorted them).
+    version=2,
     key=("tick_id",),
     columns=(
         ("tick_id", STR),
@@ -607,7 +614,8 @@ TICKS = TableSpec(
 
 BACKFILLS = TableSpec(
     name="backfills",
-    version=1,
+    # v2: JSON text as DuckDB writes it (members in the emitter's order; v1 sorted them).
+    version=2,
     key=("backfill_id",),
     columns=(
         ("backfill_id", STR),
