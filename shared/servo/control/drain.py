@@ -47,11 +47,11 @@ def drain_outbox(
         def commit(txn: StateTxn, seq: int = seq, contained: set[str] = contained) -> bool:
             cur = txn.get(LEDGER_HEADS, stream)
             cur_seq = int(cur["next_seq"]) if cur else 0
-            present = txn.get_many(OUTBOX, sorted(contained)) if contained else {}
             if cur_seq != seq:
                 return False
             txn.set(LEDGER_HEADS, stream, {"next_seq": seq + 1})
-            for doc_id in present:
+            # Deletes are idempotent: no need to read which outbox documents still exist.
+            for doc_id in sorted(contained):
                 txn.delete(OUTBOX, doc_id)
             return True
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from servo.core.errors import ServoError
 from servo.core.events import EVENT_SPEC_VERSION, ms_to_iso, to_ms
 from servo.ports import Doc, Ports, StateTxn, Where
 
@@ -51,6 +52,7 @@ class UnitOfWork:
     now_ms: int
     lc: int = 0
     events: list[Doc] = field(default_factory=list)
+    writes: dict[tuple[str, str], tuple[str, Doc | None]] = field(default_factory=dict)
 
     # Reads ---------------------------------------------------------------------------------
     def _see(self, doc: Doc | None) -> Doc | None:
@@ -58,10 +60,19 @@ class UnitOfWork:
             self.lc = max(self.lc, int(doc.get("lc", 0)))
         return doc
 
+    def _before_read(self) -> None:
+        if self.writes:
+            raise ServoError(
+                "a unit of work read after writing; read everything first (as Firestore "
+                "transactions require)"
+            )
+
     def get(self, collection: str, doc_id: str) -> Doc | None:
+        self._before_read()
         return self._see(self.txn.get(collection, doc_id))
 
     def get_many(self, collection: str, doc_ids: Sequence[str]) -> dict[str, Doc]:
+        self._before_read()
         docs = self.txn.get_many(collection, doc_ids) if doc_ids else {}
         for d in docs.values():
             self._see(d)
@@ -75,6 +86,7 @@ class UnitOfWork:
         order_by: str | None = None,
         limit: int | None = None,
     ) -> list[tuple[str, Doc]]:
+        self._before_read()
         rows = self.txn.query(collection, where, order_by=order_by, limit=limit)
         for _, d in rows:
             self._see(d)
@@ -85,19 +97,48 @@ class UnitOfWork:
     def next_lc(self) -> int:
         return self.lc + 1
 
+    # Writes are buffered and applied when the unit of work ends, several changes to one
+    # document coalescing into one write (a release and a dispatch of the same task in one
+    # transaction cost one document write, not two).
+    def _buffer(self, collection: str, doc_id: str, op: str, data: Doc | None) -> None:
+        key = (collection, doc_id)
+        pending = self.writes.get(key)
+        if op == "update" and pending is not None and pending[0] in ("create", "set", "update"):
+            assert data is not None
+            assert pending[1] is not None
+            pending[1].update(data)
+            return
+        self.writes.pop(key, None)
+        self.writes[key] = (op, data)
+
     def create(self, collection: str, doc_id: str, data: Doc) -> None:
         data["lc"] = self.next_lc
-        self.txn.create(collection, doc_id, data)
+        self._buffer(collection, doc_id, "create", data)
 
     def set(self, collection: str, doc_id: str, data: Doc) -> None:
         data["lc"] = self.next_lc
-        self.txn.set(collection, doc_id, data)
+        self._buffer(collection, doc_id, "set", data)
 
     def update(self, collection: str, doc_id: str, fields: Mapping[str, Any]) -> None:
-        self.txn.update(collection, doc_id, {**fields, "lc": self.next_lc})
+        self._buffer(collection, doc_id, "update", {**fields, "lc": self.next_lc})
 
     def delete(self, collection: str, doc_id: str) -> None:
-        self.txn.delete(collection, doc_id)
+        self._buffer(collection, doc_id, "delete", None)
+
+    def flush_writes(self) -> None:
+        for (collection, doc_id), (op, data) in self.writes.items():
+            if op == "create":
+                assert data is not None
+                self.txn.create(collection, doc_id, data)
+            elif op == "set":
+                assert data is not None
+                self.txn.set(collection, doc_id, data)
+            elif op == "update":
+                assert data is not None
+                self.txn.update(collection, doc_id, data)
+            else:
+                self.txn.delete(collection, doc_id)
+        self.writes.clear()
 
     def emit(
         self,
@@ -157,6 +198,7 @@ def in_uow(ports: Ports, cause: Cause, fn: Callable[[UnitOfWork], T]) -> tuple[T
             txn=txn, ports=ports, cause=cause, now_ms=to_ms(ports.clock.now()), lc=cause.lc_floor
         )
         result = fn(uow)
+        uow.flush_writes()
         uow.flush_events()
         box["events"] = uow.events
         return result

@@ -66,6 +66,7 @@ from servo.projections.schema import (
     TABLE_SPECS,
     TICK_PREFIXES,
     TableSpec,
+    sql_text,
 )
 
 TERMINAL_TASK = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
@@ -301,10 +302,6 @@ class EventBatch:
 # ----------------------------------------------------------------------------- staging
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _json_number(x: str) -> str:
     # The number the JSON value `x` (its text) holds: a number, or a string holding one;
     # anything else (booleans, null, lists, objects, other strings) holds none.
@@ -389,11 +386,11 @@ COERCIONS: dict[str, str] = {
 
 _NEWEST = (
     "CASE type "
-    + " ".join(f"WHEN {_sql_text(t)} THEN {v}" for t, v in sorted(DATA_VERSIONS.items()))
+    + " ".join(f"WHEN {sql_text(t)} THEN {v}" for t, v in sorted(DATA_VERSIONS.items()))
     + " END"
 )
 _GENERIC = " OR ".join(
-    f"starts_with(type, {_sql_text(p)})" for p in (*TICK_PREFIXES, BACKFILL_PREFIX)
+    f"starts_with(type, {sql_text(p)})" for p in (*TICK_PREFIXES, BACKFILL_PREFIX)
 )
 
 
@@ -411,7 +408,7 @@ def _current_data() -> str:
         if normalize is not None:
             data = normalize(data)
         if data != "base":
-            branches.append(f"WHEN {_sql_text(type_)} THEN {data}")
+            branches.append(f"WHEN {sql_text(type_)} THEN {data}")
     return f"CASE type {' '.join(branches)} ELSE base END" if branches else "base"
 
 
@@ -445,8 +442,8 @@ def _staging_select(front: str) -> str:
 
 
 def _json_source(batch: EventBatch) -> str:
-    paths = ", ".join(_sql_text(p) for p in batch.paths)
-    columns = ", ".join(f"{_sql_text(k)}: {_sql_text(t)}" for k, t in _ENVELOPE_JSON.items())
+    paths = ", ".join(sql_text(p) for p in batch.paths)
+    columns = ", ".join(f"{sql_text(k)}: {sql_text(t)}" for k, t in _ENVELOPE_JSON.items())
     size = max(16 * 2**20, batch.largest + 1)
     return (
         f"read_json([{paths}], format = 'array', maximum_object_size = {size}, "

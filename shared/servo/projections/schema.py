@@ -108,7 +108,8 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
 # the object, as the Python upcasters add them to the dict.
 
 
-def _sql_text(value: str) -> str:
+def sql_text(value: str) -> str:
+    """``value`` as an SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -123,7 +124,7 @@ def sql_add_members(obj: str, members: str) -> str:
 
 
 def _sql_task_state_1_to_2(data: str) -> str:
-    failures = ", ".join(_sql_text(e) for e in sorted(FAILURE_EVENTS))
+    failures = ", ".join(sql_text(e) for e in sorted(FAILURE_EVENTS))
     error = (
         f"CASE WHEN json_extract_string({data}, '$.event') IN ({failures}) "
         f"THEN coalesce(CAST(json_extract({data}, '$.reason') AS VARCHAR), 'null') ELSE 'null' END"
