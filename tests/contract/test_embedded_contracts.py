@@ -462,6 +462,16 @@ class TestFileLedger:
         body = json.loads(gzip.decompress(raw))
         assert body["events"] == [{"type": "started"}]
 
+    def test_read_encoded_gives_the_stored_segments(self, tmp_path: Path) -> None:
+        from servo.adapters.segments import decode_segment
+
+        ledger = FileLedger(tmp_path)
+        ledger.append("s", 0, [{"id": "e1"}])
+        ledger.append("s", 1, [{"id": "e2"}])
+        encoded = ledger.read_encoded("s", after_seq=0)
+        assert [seq for seq, _ in encoded] == [1]
+        assert decode_segment(encoded[0][1])["events"] == [{"id": "e2"}]
+
     def test_uncompressed_segments_of_earlier_versions_are_read(self, tmp_path: Path) -> None:
         (tmp_path / "events").mkdir()
         old = {"stream": "events", "seq": 0, "events": [{"id": "e1"}]}

@@ -126,18 +126,23 @@ class FileLedger:
         return numbers
 
     def read(self, stream: str, after_seq: int = -1, limit: int | None = None) -> list[Segment]:
+        return [
+            Segment(stream=stream, seq=seq, events=tuple(decode_segment(data)["events"]))
+            for seq, data in self.read_encoded(stream, after_seq, limit)
+        ]
+
+    def read_encoded(
+        self, stream: str, after_seq: int = -1, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """``(seq, bytes)`` of the segments after ``after_seq`` as stored (see
+        :mod:`servo.adapters.segments`), for readers that decode them in bulk."""
         if limit is not None and (isinstance(limit, bool) or limit < 0):
             raise ServoError(f"ledger read limit must be an integer >= 0, got {limit!r}")
         wanted = [n for n in self._sequence_numbers(stream) if n > after_seq]
         if limit is not None:
             wanted = wanted[:limit]
         directory = stream_directory(self.root, stream)
-        segments = []
-        for seq in wanted:
-            path = directory / f"{seq:012d}.json"
-            body = decode_segment(path.read_bytes())
-            segments.append(Segment(stream=stream, seq=seq, events=tuple(body["events"])))
-        return segments
+        return [(seq, (directory / f"{seq:012d}.json").read_bytes()) for seq in wanted]
 
     def last_seq(self, stream: str) -> int:
         numbers = self._sequence_numbers(stream)

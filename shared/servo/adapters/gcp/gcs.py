@@ -177,6 +177,16 @@ class GcsLedger:
         return seqs if limit is None else seqs[:limit]
 
     def read(self, stream: str, after_seq: int = -1, limit: int | None = None) -> list[Segment]:
+        return [
+            Segment(stream=stream, seq=seq, events=tuple(decode_segment(body)["events"]))
+            for seq, body in self.read_encoded(stream, after_seq, limit)
+        ]
+
+    def read_encoded(
+        self, stream: str, after_seq: int = -1, limit: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """``(seq, bytes)`` of the segments after ``after_seq`` as stored, for readers that
+        decode them in bulk."""
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
@@ -195,14 +205,10 @@ class GcsLedger:
         else:
             with ThreadPoolExecutor(min(_READ_THREADS, len(names))) as pool:
                 bodies = list(pool.map(self._download, names))
-        segments = []
-        for seq, body in zip(seqs, bodies, strict=True):
-            events = tuple(decode_segment(body)["events"])
-            segments.append(Segment(stream=stream, seq=seq, events=events))
         with self._lock:
             if seqs[-1] > self._known_last.get(stream, -1):
                 self._known_last[stream] = seqs[-1]
-        return segments
+        return list(zip(seqs, bodies, strict=True))
 
     def _download(self, name: str) -> bytes:
         try:
